@@ -1,0 +1,232 @@
+"""The content store on disk: content-addressed, written atomically.
+
+Layout under the store folder::
+
+    blobs/ab/cd/abcd...        one file per distinct content (BLAKE3 hex)
+    posters/abcd....jpg        poster frame of a video
+    tmp/                       files being written; swept at start-up
+
+A file enters ``blobs/`` only by ``os.replace`` of a fully written and
+fsynced temp file, so a crash or a full disk never leaves a half file under
+its final name. Everything here is blocking and runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from blake3 import blake3
+
+from priv_network.errors import InsufficientStorage, InvalidInput, PrivNetworkError
+
+_PIPELINE_BUFFERS = 8
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    content_hash: str
+    size: int
+    block_size: int
+    manifest: bytes
+    manifest_hash: str
+    already_stored: bool
+
+
+def manifest_hash(block_size: int, size: int, manifest: bytes) -> str:
+    """Hash that names a manifest: BLAKE3 over block size, file size and block hashes."""
+    h = blake3()
+    h.update(block_size.to_bytes(8, "big"))
+    h.update(size.to_bytes(8, "big"))
+    h.update(manifest)
+    return h.hexdigest()
+
+
+class BlobStore:
+    def __init__(self, root: Path, block_size: int, min_free: int) -> None:
+        self.root = root
+        self.block_size = block_size
+        self.min_free = min_free
+        self.blob_dir = root / "blobs"
+        self.poster_dir = root / "posters"
+        self.tmp_dir = root / "tmp"
+
+    def prepare(self) -> None:
+        for d in (self.blob_dir, self.poster_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        # Anything left in tmp/ is from a crash mid-write: never valid.
+        for leftover in self.tmp_dir.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+
+    def blob_path(self, content_hash: str) -> Path:
+        return self.blob_dir / content_hash[:2] / content_hash[2:4] / content_hash
+
+    def poster_path(self, content_hash: str) -> Path:
+        return self.poster_dir / f"{content_hash}.jpg"
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def used_bytes(self) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.blob_dir):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    continue
+        return total
+
+    def _check_space(self, size: int) -> None:
+        free = self.free_bytes()
+        if free - size < self.min_free:
+            raise InsufficientStorage(
+                f"not enough free disk for {size} bytes: {free} free, "
+                f"{self.min_free} kept in reserve ([store] min_free)"
+            )
+
+    def ingest(self, source: Path) -> StoredBlob:
+        """Copy ``source`` into the store, hashing whole file and blocks in one pass."""
+        try:
+            src = os.open(source, os.O_RDONLY)
+        except OSError as exc:
+            raise InvalidInput(f"{source}: {exc.strerror}") from None
+        try:
+            size = os.fstat(src).st_size
+            self._check_space(size)
+            tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+            try:
+                result = self._copy_and_hash(src, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        finally:
+            os.close(src)
+        final = self.blob_path(result.content_hash)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+            return StoredBlob(**{**result.__dict__, "already_stored": True})
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return result
+
+    def _copy_and_hash(self, src: int, tmp: Path) -> StoredBlob:
+        """Read, hash and write in one pass.
+
+        Hashing (BLAKE3 of the whole file and of each block) runs in this
+        thread while a second thread writes the previous blocks: both release
+        the GIL, so on two cores the copy costs little more than the write.
+        """
+        block_size = self.block_size
+        whole = blake3()
+        blocks: list[bytes] = []
+        size = 0
+        free: queue.Queue[bytearray] = queue.Queue()
+        full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        for _ in range(_PIPELINE_BUFFERS):
+            free.put(bytearray(block_size))
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        write_error: list[OSError] = []
+
+        def writer() -> None:
+            while (job := full.get()) is not None:
+                buf, n = job
+                if not write_error:
+                    try:
+                        _write_all(out, memoryview(buf)[:n])
+                    except OSError as exc:
+                        write_error.append(exc)
+                free.put(buf)
+
+        thread = threading.Thread(target=writer, name="blob-writer", daemon=True)
+        thread.start()
+        try:
+            try:
+                while not write_error:
+                    buf = free.get()
+                    view = memoryview(buf)
+                    n = _read_full(src, view)
+                    if n == 0:
+                        free.put(buf)
+                        break
+                    chunk = view[:n]
+                    whole.update(chunk)
+                    blocks.append(blake3(chunk).digest())
+                    size += n
+                    full.put((buf, n))
+                    if n < block_size:
+                        break
+            finally:
+                full.put(None)
+                thread.join()
+            if write_error:
+                raise write_error[0]
+            os.fsync(out)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise InsufficientStorage(f"the disk filled up while storing: {exc.strerror}") from None
+            raise PrivNetworkError(f"cannot store file: {exc.strerror}") from None
+        finally:
+            os.close(out)
+        manifest = b"".join(blocks)
+        return StoredBlob(
+            content_hash=whole.hexdigest(),
+            size=size,
+            block_size=block_size,
+            manifest=manifest,
+            manifest_hash=manifest_hash(block_size, size, manifest),
+            already_stored=False,
+        )
+
+    def write_poster(self, content_hash: str, jpeg: bytes) -> None:
+        final = self.poster_path(content_hash)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.jpg"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(jpeg)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def delete(self, content_hash: str) -> None:
+        self.blob_path(content_hash).unlink(missing_ok=True)
+        self.poster_path(content_hash).unlink(missing_ok=True)
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_full(fd: int, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while len(view):
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,419 @@
+"""The CMA's rules: ingest, items, the changes feed, and API tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.blobs import BlobStore, StoredBlob
+from node.probe import ProbeResult, probe
+from node.store import CmaStore
+from priv_network import __version__
+from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, Unauthorized
+from priv_network.interfaces import (
+    ChangeListener,
+    ContentFile,
+    IngestReport,
+    NodeStatus,
+    Principal,
+)
+from priv_network.wire import FeedEntry, FeedPage, ItemInfo, check_item_id
+
+log = logging.getLogger(__name__)
+
+VISIBILITY_HELP = "visibility must be private, network or peers:ID,ID"
+MAX_TITLE = 500
+SESSION_TTL = 30 * 86400
+
+
+def new_item_id() -> str:
+    return base64.b32encode(secrets.token_bytes(16)).decode("ascii").lower().rstrip("=")
+
+
+def check_visibility(value: str) -> str:
+    if value in ("private", "network"):
+        return value
+    if value.startswith("peers:"):
+        peers = [p.strip() for p in value[len("peers:") :].split(",") if p.strip()]
+        if peers:
+            return "peers:" + ",".join(peers)
+    raise InvalidInput(f"{VISIBILITY_HELP}, not {value[:60]!r}")
+
+
+def title_from_name(name: str) -> str:
+    stem = Path(name).stem if Path(name).suffix else name
+    return " ".join(stem.replace("_", " ").split()) or name
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+class ContentManager:
+    """The CMA: the one object that reads and writes the content store."""
+
+    def __init__(
+        self,
+        *,
+        store: CmaStore,
+        blobs: BlobStore,
+        executor: Executor,
+        node_id: str,
+        node_name: str,
+        node_url: str,
+        hash_workers: int,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._executor = executor
+        self.node_id = node_id
+        self.node_name = node_name
+        self.node_url = node_url
+        self._hash_workers = hash_workers
+        self._listeners: list[ChangeListener] = []
+        self._feed_id: str | None = None
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    async def _changed(self) -> None:
+        for listener in self._listeners:
+            await listener()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- lifecycle ----------------------------------------------------------
+    async def bootstrap(self) -> None:
+        """First-run set-up inside a fresh database (called by init)."""
+        if await self._store.get_meta("feed_id") is None:
+            await self._store.set_meta("feed_id", secrets.token_hex(16))
+
+    async def start(self) -> None:
+        await self._run(self._blobs.prepare)
+        self._feed_id = await self._store.get_meta("feed_id")
+        if self._feed_id is None:
+            await self.bootstrap()
+            self._feed_id = await self._store.get_meta("feed_id")
+
+    @property
+    def feed_id(self) -> str:
+        assert self._feed_id is not None, "ContentManager.start() not called"
+        return self._feed_id
+
+    # -- items --------------------------------------------------------------
+    def _info(self, row: dict[str, Any]) -> ItemInfo:
+        return ItemInfo(
+            id=row["id"],
+            node=self.node_id,
+            title=row["title"],
+            kind=row["kind"],
+            mime=row["mime"],
+            size=int(row["size"]),
+            content_hash=row["content_hash"],
+            block_size=int(row["block_size"]),
+            manifest_hash=row["manifest_hash"],
+            has_poster=bool(row["poster"]),
+            visibility=row["visibility"],
+            created_at=float(row["created_at"]),
+            updated_at=float(row["updated_at"]),
+            duration=row["duration"],
+            width=row["width"],
+            height=row["height"],
+            video_codec=row["video_codec"],
+            audio_codec=row["audio_codec"],
+            container=row["container"],
+            warning=row["warning"],
+        )
+
+    async def get_item(self, item_id: str) -> ItemInfo:
+        check_item_id(item_id)
+        row = await self._store.get_item(item_id)
+        if row is None:
+            raise NotFound(f"no item {item_id}")
+        return self._info(row)
+
+    async def list_items(self, limit: int, offset: int = 0) -> list[ItemInfo]:
+        return [self._info(r) for r in await self._store.list_items(limit, offset)]
+
+    async def content_file(self, item_id: str) -> ContentFile:
+        item = await self.get_item(item_id)
+        path = self._blobs.blob_path(item.content_hash)
+        return ContentFile(path=path, mime=item.mime, size=item.size, etag=item.content_hash)
+
+    async def poster_file(self, item_id: str) -> ContentFile:
+        item = await self.get_item(item_id)
+        if not item.has_poster:
+            raise NotFound(f"item {item_id} has no poster")
+        path = self._blobs.poster_path(item.content_hash)
+        return ContentFile(path=path, mime="image/jpeg", size=-1, etag=f"poster-{item.content_hash}")
+
+    async def set_title(self, item_id: str, title: str) -> ItemInfo:
+        check_item_id(item_id)
+        title = _check_title(title)
+        if not await self._store.update_item(item_id, {"title": title}):
+            raise NotFound(f"no item {item_id}")
+        await self._changed()
+        return await self.get_item(item_id)
+
+    async def set_visibility(self, item_id: str, visibility: str) -> ItemInfo:
+        check_item_id(item_id)
+        if not await self._store.update_item(item_id, {"visibility": check_visibility(visibility)}):
+            raise NotFound(f"no item {item_id}")
+        await self._changed()
+        return await self.get_item(item_id)
+
+    async def remove_item(self, item_id: str) -> None:
+        check_item_id(item_id)
+        orphan = await self._store.get_item(item_id)
+        if orphan is None:
+            raise NotFound(f"no item {item_id}")
+        unreferenced = await self._store.delete_item(item_id)
+        if unreferenced is not None:
+            await self._run(self._blobs.delete, unreferenced)
+        await self._changed()
+
+    async def status(self) -> NodeStatus:
+        count, size = await self._store.stats()
+        free = await self._run(self._blobs.free_bytes)
+        return NodeStatus(
+            node_id=self.node_id,
+            name=self.node_name,
+            url=self.node_url,
+            version=__version__,
+            items=count,
+            store_bytes=size,
+            free_bytes=free,
+            feed_id=self.feed_id,
+            feed_seq=await self._store.last_seq(),
+        )
+
+    # -- the changes feed ---------------------------------------------------
+    async def changes(self, since: int, limit: int) -> FeedPage:
+        if since < 0:
+            raise InvalidInput("since must be >= 0")
+        limit = max(1, min(limit, 5000))
+        rows = await self._store.changes_since(since, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = []
+        for seq, entity, op, entity_id, row in rows:
+            item = self._info(row) if row is not None else None
+            entries.append(FeedEntry(seq=seq, entity=entity, op=op if item or op == "delete" else "delete",
+                                     id=entity_id, item=item))
+        next_cursor = rows[-1][0] if rows else since
+        return FeedPage(node=self.node_id, feed_id=self.feed_id, since=since, next=next_cursor, more=more,
+                        entries=entries)
+
+    # -- ingest -------------------------------------------------------------
+    async def ingest_paths(self, paths: Sequence[str], title: str | None, visibility: str) -> IngestReport:
+        visibility = check_visibility(visibility)
+        if title is not None:
+            title = _check_title(title)
+        if not paths:
+            raise InvalidInput("nothing to add: give at least one file or folder")
+        candidates, failed = await self._run(_collect, [str(p) for p in paths])
+        if title is not None and len(candidates) != 1:
+            raise InvalidInput(f"--title names one item, but {len(candidates)} files were given")
+        report = IngestReport(failed=failed)
+        known = await self._store.source_files_for([str(c.path) for c in candidates])
+        existing_items = await self._store.items_by_hashes(v[2] for v in known.values())
+        todo: list[_Candidate] = []
+        for cand in candidates:
+            seen = known.get(str(cand.path))
+            if seen and seen[0] == cand.size and seen[1] == cand.mtime_ns and seen[2] in existing_items:
+                if title is not None:
+                    todo.append(cand)
+                    continue
+                report.existing.append(self._info(existing_items[seen[2]]))
+                report.skipped_unchanged += 1
+            else:
+                todo.append(cand)
+        sem = asyncio.Semaphore(self._hash_workers)
+        disk_full: list[PrivNetworkError] = []
+
+        async def one(cand: _Candidate) -> None:
+            async with sem:
+                try:
+                    await self._ingest_one(cand, title, visibility, report)
+                except PrivNetworkError as exc:
+                    report.failed.append((str(cand.path), exc.message))
+                    if exc.status == 507:
+                        disk_full.append(exc)
+
+        await asyncio.gather(*(one(c) for c in todo))
+        if report.added or title is not None:
+            await self._changed()
+        if disk_full and not report.added and not report.existing:
+            raise disk_full[0]
+        return report
+
+    async def _ingest_one(self, cand: _Candidate, title: str | None, visibility: str, report: IngestReport) -> None:
+        stored: StoredBlob = await self._run(self._blobs.ingest, cand.path)
+        known = await self._store.items_by_hashes([stored.content_hash])
+        if stored.content_hash in known and title is None:
+            await self._store.add_item(
+                _blob_values(stored, poster=False), {}, (str(cand.path), cand.size, cand.mtime_ns)
+            )
+            report.existing.append(self._info(known[stored.content_hash]))
+            return
+        if stored.content_hash in known and title is not None:
+            report.existing.append(await self.set_title(known[stored.content_hash]["id"], title))
+            return
+        blob_path = self._blobs.blob_path(stored.content_hash)
+        result: ProbeResult = await self._run(probe, blob_path, cand.path.name)
+        has_poster = False
+        if result.poster:
+            await self._run(self._blobs.write_poster, stored.content_hash, result.poster)
+            has_poster = True
+        if result.warning:
+            report.warnings.append((str(cand.path), result.warning))
+            log.warning("ingest %s: %s", cand.path, result.warning)
+        item = {
+            "id": new_item_id(),
+            "content_hash": stored.content_hash,
+            "title": title or title_from_name(cand.path.name),
+            "kind": result.kind,
+            "mime": result.mime,
+            "size": stored.size,
+            "duration": result.duration,
+            "width": result.width,
+            "height": result.height,
+            "video_codec": result.video_codec,
+            "audio_codec": result.audio_codec,
+            "container": result.container,
+            "visibility": visibility,
+            "source": "local",
+            "original_name": cand.path.name,
+            "warning": result.warning,
+        }
+        row, created = await self._store.add_item(
+            _blob_values(stored, poster=has_poster), item, (str(cand.path), cand.size, cand.mtime_ns)
+        )
+        (report.added if created else report.existing).append(self._info(row))
+        log.info("ingested %s as %s (%s, %d bytes)", cand.path, row["id"], result.kind, stored.size)
+
+    # -- API tokens ---------------------------------------------------------
+    async def create_token(self, name: str, *, admin: bool, kind: str = "api", ttl: float | None = None) -> str:
+        token = "pn_" + secrets.token_urlsafe(32)
+        now = time.time()
+        await self._store.insert_token(
+            {
+                "id": secrets.token_hex(8),
+                "token_hash": _token_hash(token),
+                "name": name,
+                "kind": kind,
+                "admin": admin,
+                "created_at": now,
+                "expires_at": now + ttl if ttl else None,
+            }
+        )
+        return token
+
+    async def authenticate(self, token: str) -> Principal | None:
+        if not token.startswith("pn_") or len(token) > 100:
+            return None
+        row = await self._store.token_by_hash(_token_hash(token))
+        if row is None:
+            return None
+        now = time.time()
+        if row["expires_at"] is not None and row["expires_at"] < now:
+            return None
+        if row["last_used_at"] is None or now - row["last_used_at"] > 60:
+            await self._store.touch_token(row["id"], now)
+        return Principal(name=row["name"], admin=bool(row["admin"]), token_id=row["id"])
+
+    async def create_session(self, principal: Principal) -> str:
+        return await self.create_token(principal.name, admin=principal.admin, kind="session", ttl=SESSION_TTL)
+
+    async def end_session(self, token: str) -> None:
+        await self._store.delete_token_by_hash(_token_hash(token))
+
+    async def require(self, token: str) -> Principal:
+        principal = await self.authenticate(token)
+        if principal is None:
+            raise Unauthorized("invalid or expired token")
+        return principal
+
+
+def _check_title(title: str) -> str:
+    title = " ".join(title.split())
+    if not title:
+        raise InvalidInput("title must not be empty")
+    if len(title) > MAX_TITLE:
+        raise InvalidInput(f"title is longer than {MAX_TITLE} characters")
+    return title
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _blob_values(stored: StoredBlob, *, poster: bool) -> dict[str, Any]:
+    return {
+        "hash": stored.content_hash,
+        "size": stored.size,
+        "block_size": stored.block_size,
+        "manifest": stored.manifest,
+        "manifest_hash": stored.manifest_hash,
+        "poster": poster,
+    }
+
+
+def _collect(paths: list[str]) -> tuple[list[_Candidate], list[tuple[str, str]]]:
+    """Walk files and folders (blocking). Unreadable entries are reported, not fatal."""
+    found: dict[str, _Candidate] = {}
+    failed: list[tuple[str, str]] = []
+
+    def consider(path: Path, st: os.stat_result) -> None:
+        if not os.access(path, os.R_OK):
+            failed.append((str(path), "permission denied"))
+            return
+        found.setdefault(str(path), _Candidate(path, st.st_size, st.st_mtime_ns))
+
+    for raw in paths:
+        path = Path(raw).expanduser().absolute()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            failed.append((raw, exc.strerror or "cannot read"))
+            continue
+        if stat.S_ISREG(st.st_mode):
+            consider(path, st)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            failed.append((raw, "not a regular file or folder"))
+            continue
+
+        def onerror(exc: OSError) -> None:
+            failed.append((exc.filename or raw, exc.strerror or "cannot read"))
+
+        for dirpath, dirnames, filenames in os.walk(path, onerror=onerror):
+            dirnames.sort()
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                file_path = Path(dirpath) / name
+                try:
+                    fst = file_path.stat()
+                except OSError as exc:
+                    failed.append((str(file_path), exc.strerror or "cannot read"))
+                    continue
+                if stat.S_ISREG(fst.st_mode):
+                    consider(file_path, fst)
+    return list(found.values()), failed

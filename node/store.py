@@ -1,0 +1,229 @@
+"""Every query the CMA makes, one named async method each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from node.models import api_tokens, blobs, changes, items, node_meta, source_files
+
+_ITEM_COLUMNS = [*items.c, blobs.c.block_size, blobs.c.manifest_hash, blobs.c.poster]
+
+
+class CmaStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # Feed writes are serialized so that sequence numbers are committed in
+        # order: a reader can never see seq N+1 before seq N is visible.
+        self._feed_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def feed_transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self._feed_lock, self.engine.begin() as conn:
+            yield conn
+
+    # -- meta ---------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(node_meta.c.value).where(node_meta.c.key == key))).scalar()
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(node_meta).where(node_meta.c.key == key))
+            await conn.execute(sa.insert(node_meta).values(key=key, value=value))
+
+    # -- source files (skip re-hashing unchanged files) ---------------------
+    async def source_files_for(self, paths: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        found: dict[str, tuple[int, int, str]] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(paths), 500):
+                chunk = paths[start : start + 500]
+                rows = await conn.execute(
+                    sa.select(
+                        source_files.c.path, source_files.c.size, source_files.c.mtime_ns, source_files.c.content_hash
+                    ).where(source_files.c.path.in_(chunk))
+                )
+                for path, size, mtime_ns, content_hash in rows:
+                    found[path] = (size, mtime_ns, content_hash)
+        return found
+
+    async def items_by_hashes(self, hashes: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(set(hashes))
+        out: dict[str, dict[str, Any]] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = await conn.execute(
+                    sa.select(*_ITEM_COLUMNS)
+                    .join(blobs, blobs.c.hash == items.c.content_hash)
+                    .where(items.c.content_hash.in_(chunk))
+                )
+                for row in rows.mappings():
+                    out[row["content_hash"]] = dict(row)
+        return out
+
+    # -- items --------------------------------------------------------------
+    async def add_item(
+        self,
+        blob: dict[str, Any],
+        item: dict[str, Any],
+        source: tuple[str, int, int] | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record a stored blob and its item; returns (item row, created).
+
+        If an item already holds this content, it is returned unchanged: the
+        same content is one item on a node.
+        """
+        now = time.time()
+        async with self.feed_transaction() as conn:
+            existing = await self._item_by_hash(conn, blob["hash"])
+            if existing is None:
+                has_blob = (
+                    await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == blob["hash"]))
+                ).scalar()
+                if has_blob is None:
+                    await conn.execute(sa.insert(blobs).values(**blob, created_at=now))
+                await conn.execute(sa.insert(items).values(**item, created_at=now, updated_at=now))
+                await self._record_change(conn, "item", item["id"], "upsert", now)
+            if source is not None:
+                path, size, mtime_ns = source
+                await conn.execute(sa.delete(source_files).where(source_files.c.path == path))
+                await conn.execute(
+                    sa.insert(source_files).values(
+                        path=path, size=size, mtime_ns=mtime_ns, content_hash=blob["hash"]
+                    )
+                )
+            row = existing or await self._item_by_hash(conn, blob["hash"])
+        assert row is not None
+        return row, existing is None
+
+    async def _item_by_hash(self, conn: AsyncConnection, content_hash: str) -> dict[str, Any] | None:
+        row = (
+            await conn.execute(
+                sa.select(*_ITEM_COLUMNS)
+                .join(blobs, blobs.c.hash == items.c.content_hash)
+                .where(items.c.content_hash == content_hash)
+            )
+        ).mappings().first()
+        return dict(row) if row else None
+
+    async def get_item(self, item_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(*_ITEM_COLUMNS)
+                    .join(blobs, blobs.c.hash == items.c.content_hash)
+                    .where(items.c.id == item_id)
+                )
+            ).mappings().first()
+        return dict(row) if row else None
+
+    async def list_items(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(*_ITEM_COLUMNS)
+                .join(blobs, blobs.c.hash == items.c.content_hash)
+                .order_by(items.c.created_at.desc(), items.c.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [dict(r) for r in rows.mappings()]
+
+    async def update_item(self, item_id: str, values: dict[str, Any]) -> bool:
+        now = time.time()
+        async with self.feed_transaction() as conn:
+            result = await conn.execute(
+                sa.update(items).where(items.c.id == item_id).values(**values, updated_at=now)
+            )
+            if result.rowcount == 0:
+                return False
+            await self._record_change(conn, "item", item_id, "upsert", now)
+        return True
+
+    async def delete_item(self, item_id: str) -> str | None:
+        """Delete the item; returns its content hash if no item references it any more."""
+        now = time.time()
+        async with self.feed_transaction() as conn:
+            content_hash = (
+                await conn.execute(sa.select(items.c.content_hash).where(items.c.id == item_id))
+            ).scalar()
+            if content_hash is None:
+                return None
+            await conn.execute(sa.delete(items).where(items.c.id == item_id))
+            await self._record_change(conn, "item", item_id, "delete", now)
+            still_used = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(items).where(items.c.content_hash == content_hash)
+                )
+            ).scalar_one()
+            if still_used:
+                return None
+            await conn.execute(sa.delete(source_files).where(source_files.c.content_hash == content_hash))
+            await conn.execute(sa.delete(blobs).where(blobs.c.hash == content_hash))
+            return str(content_hash)
+
+    async def stats(self) -> tuple[int, int]:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).select_from(blobs))
+            ).one()
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(items))).scalar_one()
+        return int(count), int(row[1])
+
+    async def get_manifest(self, content_hash: str) -> bytes | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(blobs.c.manifest).where(blobs.c.hash == content_hash))).scalar()
+
+    # -- the changes feed ---------------------------------------------------
+    async def _record_change(self, conn: AsyncConnection, entity: str, entity_id: str, op: str, at: float) -> None:
+        await conn.execute(
+            sa.delete(changes).where(changes.c.entity == entity, changes.c.entity_id == entity_id)
+        )
+        await conn.execute(sa.insert(changes).values(entity=entity, entity_id=entity_id, op=op, at=at))
+
+    async def changes_since(self, since: int, limit: int) -> list[tuple[int, str, str, str, dict[str, Any] | None]]:
+        """(seq, entity, op, id, item row or None) after ``since``, in order."""
+        query = (
+            sa.select(changes.c.seq, changes.c.entity, changes.c.op, changes.c.entity_id, *_ITEM_COLUMNS)
+            .select_from(
+                changes.outerjoin(items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id))
+                .outerjoin(blobs, blobs.c.hash == items.c.content_hash)
+            )
+            .where(changes.c.seq > since)
+            .order_by(changes.c.seq)
+            .limit(limit)
+        )
+        out = []
+        async with self.engine.connect() as conn:
+            for row in (await conn.execute(query)).mappings():
+                item = dict(row) if row["op"] == "upsert" and row["id"] is not None else None
+                out.append((row["seq"], row["entity"], row["op"], row["entity_id"], item))
+        return out
+
+    async def last_seq(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(sa.select(sa.func.coalesce(sa.func.max(changes.c.seq), 0)))).scalar_one())
+
+    # -- API tokens ---------------------------------------------------------
+    async def insert_token(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(api_tokens).values(**values))
+
+    async def token_by_hash(self, token_hash: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(api_tokens).where(api_tokens.c.token_hash == token_hash))).mappings().first()
+        return dict(row) if row else None
+
+    async def touch_token(self, token_id: str, at: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.update(api_tokens).where(api_tokens.c.id == token_id).values(last_used_at=at))
+
+    async def delete_token_by_hash(self, token_hash: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(api_tokens).where(api_tokens.c.token_hash == token_hash))

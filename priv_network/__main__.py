@@ -1,0 +1,3 @@
+from priv_network.cli import main
+
+raise SystemExit(main())

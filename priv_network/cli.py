@@ -1,0 +1,458 @@
+"""The ``priv-network`` command line.
+
+``init`` and ``serve`` (and ``db``) act on the data folder; every other
+command talks to the running node's admin API with the admin credential from
+the data folder, never to the database directly. Each command is one
+function over (client, args), so the REPL can reuse the same definitions.
+
+Exit codes: 0 success, 1 a failure the message explains, 2 bad usage.
+Errors are one line on stderr; a traceback goes to the log only for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from priv_network import __version__, db
+from priv_network.client import AdminClient
+from priv_network.config import (
+    CONFIG_FILE,
+    DATA_ENV,
+    Config,
+    load_config,
+    parse_listen,
+    render_config,
+)
+from priv_network.errors import ConfigError, DataFolderLocked, InvalidInput, PrivNetworkError
+from priv_network.identity import NodeIdentity
+
+log = logging.getLogger("priv_network.cli")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+Command = Callable[[AdminClient, argparse.Namespace, IO[str]], Awaitable[int]]
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and never exits by itself)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise SystemExit(status)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "priv-network"
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    raw = args.data or os.environ.get(DATA_ENV)
+    return Path(raw).expanduser().absolute() if raw else default_data_dir()
+
+
+def local_url(config: Config) -> str:
+    host, port = parse_listen(config.node.listen)
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _human_size(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
+    if not rows:
+        return
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# -- local commands -----------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = data_dir(args)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        what = "a node" if (target / CONFIG_FILE).exists() else "files"
+        raise ConfigError(f"{target} already holds {what}; nothing was changed (choose another --data folder)")
+    name = args.name.strip()
+    if not name or len(name) > 64:
+        raise InvalidInput("--name must be 1-64 characters")
+    listen = args.listen or "127.0.0.1:8700"
+    parse_listen(listen)
+    overrides: dict[str, dict[str, Any]] = {"node": {"name": name, "listen": listen, "url": args.url or ""}}
+    created_dir = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(target, 0o700)
+        _write_private(target / CONFIG_FILE, render_config(overrides).encode())
+        config = load_config(target)
+        identity = NodeIdentity.generate()
+        identity.save(config.key_path)
+        from priv_network.server import initialize  # noqa: PLC0415 - heavy; only init needs it
+
+        token = asyncio.run(initialize(config, identity))
+        _write_private(config.admin_token_path, (token + "\n").encode())
+    except BaseException:
+        # Leave nothing half-made behind.
+        if created_dir:
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            for child in target.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    print(identity.node_id)
+    sys.stderr.write(
+        f"initialised node {name!r} in {target}\nstart it with: priv-network --data {target} serve\n"
+    )
+    return EXIT_OK
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class DataLock:
+    """An exclusive lock on the data folder, so that one node runs per folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DataFolderLocked(
+                f"another node is already running on {self.path.parent} (the folder is locked)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web  # noqa: PLC0415 - keep client commands light
+
+    from priv_network.server import create_app  # noqa: PLC0415
+
+    config = load_config(data_dir(args))
+    setup_logging(config.log.level)
+    identity = NodeIdentity.load(config.key_path)
+    lock = DataLock(config.lock_path)
+    lock.acquire()
+    try:
+        app = create_app(config, identity, upgrade=args.upgrade)
+        url = local_url(config)
+
+        def announce(_msg: str) -> None:
+            print(
+                f"priv_network node {config.node.name!r} ({identity.node_id}) is running.\n"
+                f"Open {url}/ and log in with the token in {config.admin_token_path}\n"
+                "Stop it with Ctrl-C.",
+                flush=True,
+            )
+
+        host, port = parse_listen(config.node.listen)
+        try:
+            web.run_app(
+                app,
+                host=host,
+                port=port,
+                shutdown_timeout=config.http.shutdown_timeout,
+                print=announce,
+                access_log=None,
+                handle_signals=True,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {config.node.listen}: {exc.strerror or exc}") from None
+    finally:
+        lock.release()
+    logging.getLogger("priv_network").info("node stopped cleanly")
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    config = load_config(data_dir(args))
+
+    async def run() -> str:
+        engine = db.create_engine(config.database_url)
+        try:
+            if args.db_command == "upgrade":
+                await db.upgrade(engine)
+            current = await db.current_revision(engine)
+        finally:
+            await engine.dispose()
+        return f"schema at revision {current or 'none'} (latest: {db.head_revision()})"
+
+    if args.db_command == "upgrade":
+        lock = DataLock(config.lock_path)
+        lock.acquire()
+        try:
+            print(asyncio.run(run()))
+        finally:
+            lock.release()
+    else:
+        print(asyncio.run(run()))
+    return EXIT_OK
+
+
+# -- commands on a running node ----------------------------------------------
+
+
+async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    status = await client.get("/api/v1/status")
+    if args.json:
+        out.write(json.dumps(status, indent=2) + "\n")
+        return EXIT_OK
+    _table(
+        [
+            ["node ID", status["node_id"]],
+            ["name", status["name"]],
+            ["URL", status["url"]],
+            ["version", status["version"]],
+            ["items", str(status["items"])],
+            ["store size", _human_size(status["store_bytes"])],
+            ["free disk", _human_size(status["free_bytes"])],
+        ],
+        out,
+    )
+    return EXIT_OK
+
+
+async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
+    body: dict[str, Any] = {"paths": paths, "visibility": args.visibility}
+    if args.title is not None:
+        body["title"] = args.title
+    report = await client.post("/api/v1/items", body)
+    entries = [{**i, "status": "added"} for i in report["added"]] + [
+        {**i, "status": "existing"} for i in report["existing"]
+    ]
+    if args.json:
+        out.write(json.dumps(entries, indent=2) + "\n")
+    else:
+        for entry in entries:
+            out.write(f"{entry['status']:8}  {entry['id']}  {entry['kind']:5}  {entry['title']}\n")
+        out.write(
+            f"{len(report['added'])} added, {len(report['existing'])} already stored"
+            f" ({report['skipped_unchanged']} unchanged, not re-read), {len(report['failed'])} failed\n"
+        )
+    for warning in report["warnings"]:
+        sys.stderr.write(f"warning: {warning['path']}: {warning['warning']}\n")
+    for failure in report["failed"]:
+        sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    return EXIT_FAIL if report["failed"] else EXIT_OK
+
+
+async def cmd_remove(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    for item_id in args.ids:
+        await client.delete(f"/api/v1/items/{item_id}")
+        out.write(f"removed {item_id}\n")
+    return EXIT_OK
+
+
+async def cmd_search(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    params = {"q": args.query, "limit": str(args.limit), "kind": args.kind, "node": args.node}
+    result = await client.get("/api/v1/search", **{k: v for k, v in params.items() if v is not None})
+    hits = result["results"]
+    if args.json:
+        out.write(json.dumps(hits, indent=2) + "\n")
+        return EXIT_OK
+    if not hits:
+        out.write("no results\n")
+        return EXIT_OK
+    rows = [["ID", "KIND", "DURATION", "OWNER", "TITLE"]]
+    for hit in hits:
+        owner = hit["node_name"] + ("" if hit["online"] else " (offline)")
+        duration = f"{hit['duration']:.0f}s" if hit.get("duration") else ""
+        rows.append([hit["id"], hit["kind"], duration, owner, hit["title"]])
+    _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_item(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    item = await client.get(f"/api/v1/items/{args.id}")
+    if args.json:
+        out.write(json.dumps(item, indent=2) + "\n")
+    else:
+        _table([[k, "" if v is None else str(v)] for k, v in item.items()], out)
+    return EXIT_OK
+
+
+async def cmd_visibility(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    item = await client.patch(f"/api/v1/items/{args.id}", {"visibility": args.visibility})
+    out.write(f"{item['id']}  {item['visibility']}\n")
+    return EXIT_OK
+
+
+async def cmd_sync(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/sync")
+    for node_id, changed in result["changed"].items():
+        out.write(f"{node_id}  {changed} changes\n")
+    return EXIT_OK
+
+
+async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
+    out.write(result["token"] + "\n")
+    return EXIT_OK
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="priv-network", description="A private, federated media network for small groups.")
+    parser.add_argument("--data", metavar="DIR", help=f"data folder (default: ${DATA_ENV} or {default_data_dir()})")
+    parser.add_argument("--version", action="version", version=f"priv-network {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("init", help="create a node's data folder, keys and database")
+    p.add_argument("--name", required=True, help="the node's human-readable name")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8700)")
+    p.add_argument("--url", metavar="PUBLIC_URL", help="URL peers reach this node at (default http://LISTEN)")
+    p.set_defaults(local=cmd_init)
+
+    p = sub.add_parser("serve", help="run the node until SIGINT/SIGTERM")
+    p.add_argument("--upgrade", action="store_true", help="migrate the database to the latest schema first")
+    p.set_defaults(local=cmd_serve)
+
+    p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
+    p.add_argument("db_command", choices=["upgrade", "current"])
+    p.set_defaults(local=cmd_db)
+
+    p = sub.add_parser("status", help="node ID, name, URL, items, store size and free disk")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_status)
+
+    p = sub.add_parser("add", help="ingest files and folders (recursively)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--title", help="title for a single file (default: from the file name)")
+    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_add)
+
+    p = sub.add_parser("remove", help="delete items")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(remote=cmd_remove)
+
+    p = sub.add_parser("item", help="show one item's metadata")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_item)
+
+    p = sub.add_parser("visibility", help="set who may see an item: private, network or peers:ID,ID")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("visibility")
+    p.set_defaults(remote=cmd_visibility)
+
+    p = sub.add_parser("search", help="search the registry")
+    p.add_argument("query")
+    p.add_argument("--kind", choices=["video", "audio", "image", "other"])
+    p.add_argument("--node", metavar="ID", help="only items owned by this node")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_search)
+
+    p = sub.add_parser("sync", help="poll every feed now and wait")
+    p.set_defaults(remote=cmd_sync)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", parser_class=Parser, required=True)
+    tp = tsub.add_parser("create", help="create an API token and print it")
+    tp.add_argument("--user", metavar="NAME", help="who the token is for (a label)")
+    tp.add_argument("--admin", action="store_true", help="give the token owner rights")
+    tp.set_defaults(remote=cmd_token_create)
+    return parser
+
+
+def _admin_client(args: argparse.Namespace) -> AdminClient:
+    config = load_config(data_dir(args))
+    try:
+        token = config.admin_token_path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the admin credential {config.admin_token_path}: {exc.strerror}") from None
+    return AdminClient(local_url(config), token)
+
+
+async def _run_remote(command: Command, args: argparse.Namespace) -> int:
+    async with _admin_client(args) as client:
+        return await command(client, args, sys.stdout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if hasattr(args, "local"):
+            return int(args.local(args))
+        return asyncio.run(_run_remote(args.remote, args))
+    except PrivNetworkError as exc:
+        sys.stderr.write(f"priv-network: {exc.message}\n")
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        sys.stderr.write("priv-network: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAIL
+    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+        logging.getLogger("priv_network").debug("unexpected error", exc_info=True)
+        sys.stderr.write(f"priv-network: unexpected error: {type(exc).__name__}: {exc}\n")
+        return EXIT_FAIL

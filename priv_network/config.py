@@ -1,0 +1,291 @@
+"""Typed, sectioned configuration, read once at start-up.
+
+The file is ``config.toml`` in the data folder. Every option is declared once
+here, with its default and a line of help; ``init`` writes the file from these
+declarations and ``docs/config.md`` lists them. Durations ("90s", "5m", "24h")
+and sizes ("10GiB") are parsed at load, so the rest of the code only sees
+seconds and bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from priv_network.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+DATA_ENV = "PRIV_NETWORK_DATA"
+DATABASE_URL_ENV = "PRIV_NETWORK_DATABASE_URL"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, None: 1,
+}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Parse "90s", "5m", "24h", "7d" (or a number of seconds)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ConfigError(f"not a duration: {value!r} (use e.g. 90s, 5m, 24h, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(value: str | int) -> int:
+    """Parse "10GiB", "500MB" (or a number of bytes)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ConfigError(f"not a size: {value!r} (use e.g. 500MiB, 10GiB)")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen address must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _setting(default: Any, help: str, kind: str = "str") -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help, "kind": kind})
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    name: str = _setting("node", "Human-readable name of this node, shown to peers.")
+    listen: str = _setting("127.0.0.1:8700", "HOST:PORT the node's one HTTP server listens on.")
+    url: str = _setting("", "Public URL peers use to reach this node; empty means http://LISTEN.")
+
+    @property
+    def listen_host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+    @property
+    def public_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host, port = parse_listen(self.listen)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
+        return f"http://{shown}:{port}"
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    url: str = _setting(
+        "",
+        "SQLAlchemy async URL. Empty: SQLite (WAL) at DATA/node.db. "
+        f"The environment variable {DATABASE_URL_ENV} overrides it.",
+    )
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    path: str = _setting("", "Folder of the content store. Empty: DATA/store.")
+    block_size: int = _setting(
+        1024 * 1024,
+        "Block size of the per-item block-hash manifest, in bytes (power of two, 64 KiB-16 MiB).",
+        "size",
+    )
+    min_free: int = _setting(
+        256 * 1024 * 1024,
+        "Refuse to ingest when the store's disk would have less than this free.",
+        "size",
+    )
+    hash_workers: int = _setting(2, "Threads that hash, copy and probe files during ingest.", "int")
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    shutdown_timeout: float = _setting(
+        10.0, "On SIGINT/SIGTERM, how long in-flight requests may take to finish.", "duration"
+    )
+    admin_token_file: str = _setting(
+        "admin.token", "File (relative to DATA) holding the CLI's admin credential."
+    )
+
+
+@dataclass(frozen=True)
+class SyncSection:
+    interval: float = _setting(60.0, "How often the manager polls every peer's changes feed.", "duration")
+    jitter: float = _setting(0.2, "Random extra delay, as a fraction of the interval.", "float")
+    page_size: int = _setting(1000, "Feed entries fetched per request.", "int")
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = _setting("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSection,
+    "database": DatabaseSection,
+    "store": StoreSection,
+    "http": HttpSection,
+    "sync": SyncSection,
+    "log": LogSection,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    node: NodeSection = field(default_factory=NodeSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    sync: SyncSection = field(default_factory=SyncSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    @property
+    def database_url(self) -> str:
+        env = os.environ.get(DATABASE_URL_ENV)
+        if env:
+            return env
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'node.db'}"
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store.path) if self.store.path else self.data_dir / "store"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "node.key"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / self.http.admin_token_file
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "node.lock"
+
+
+def _convert(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = f.metadata.get("kind", "str")
+    where = f"[{section}] {f.name}"
+    try:
+        if kind == "duration":
+            return parse_duration(value)
+        if kind == "size":
+            return parse_size(value)
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where} must be an integer, got {value!r}")
+            return value
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where} must be a number, got {value!r}")
+            return float(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    except ConfigError as exc:
+        if str(exc).startswith("["):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def config_from_dict(data_dir: Path, raw: dict[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        cls = SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(f"unknown config section [{name}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, item in value.items():
+            if key not in fields:
+                raise ConfigError(f"unknown option {key!r} in [{name}]")
+            kwargs[key] = _convert(name, fields[key], item)
+        sections[name] = cls(**kwargs)
+    config = Config(data_dir=data_dir, **sections)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    parse_listen(config.node.listen)
+    bs = config.store.block_size
+    if bs < 64 * 1024 or bs > 16 * 1024 * 1024 or bs & (bs - 1):
+        raise ConfigError("[store] block_size must be a power of two between 64 KiB and 16 MiB")
+    if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"[log] level must be DEBUG, INFO, WARNING or ERROR, not {config.log.level!r}")
+    if config.store.hash_workers < 1:
+        raise ConfigError("[store] hash_workers must be at least 1")
+    if config.sync.interval <= 0 or config.sync.page_size < 1:
+        raise ConfigError("[sync] interval and page_size must be positive")
+
+
+def load_config(data_dir: Path) -> Config:
+    path = data_dir / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no node in {data_dir} (missing {CONFIG_FILE}); run `priv-network init --name NAME` first"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(data_dir, raw)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def render_config(overrides: dict[str, dict[str, Any]]) -> str:
+    """The config file text: every option, commented with its help."""
+    lines = ["# priv_network node configuration. Every option: docs/config.md", ""]
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            lines.append(f"# {f.metadata['help']}")
+            value = overrides.get(name, {}).get(f.name, f.default)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(section, option, default, help) for every option: the source of docs/config.md."""
+    rows = []
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            rows.append((name, f.name, _toml_value(f.default), f.metadata["help"]))
+    return rows

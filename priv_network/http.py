@@ -1,0 +1,158 @@
+"""HTTP plumbing shared by every part: the error mapper, authentication, helpers.
+
+One error mapper: a ``PrivNetworkError`` becomes its status with a JSON body
+(``{"error": {"code", "message"}}``) under ``/api`` and ``/federation``, or a
+short HTML page elsewhere. Anything else is logged with its traceback and
+answered with a generic 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from priv_network.errors import BadRequest, Forbidden, InvalidInput, PrivNetworkError, Unauthorized
+from priv_network.interfaces import Principal
+from priv_network.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, SESSION_COOKIE
+
+log = logging.getLogger("priv_network.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC_PREFIXES = ("/healthz", "/federation/v1/node", "/static/", "/login", "/favicon.ico")
+MAX_JSON_BODY = 1024 * 1024
+
+
+def _is_machine_path(path: str) -> bool:
+    return path.startswith(("/api/", "/federation/"))
+
+
+def error_response(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    if _is_machine_path(request.path) or "application/json" in request.headers.get("Accept", ""):
+        body = {"error": {"code": code, "message": message}}
+        return web.json_response(body, status=status)
+    page = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>{s} · priv_network</title>"
+        "<link rel=stylesheet href=/static/style.css><main class=error><h1>{s}</h1><p>{m}</p>"
+        "<p><a href=/>Back to the start page</a></p></main></html>"
+    ).format(s=status, m=html.escape(message))
+    return web.Response(text=page, status=status, content_type="text/html")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(6)
+    try:
+        return await handler(request)
+    except PrivNetworkError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+        return error_response(request, exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.empty_body is False and exc.status not in (405,):
+            message = exc.reason if exc.text in (None, f"{exc.status}: {exc.reason}") else (exc.text or exc.reason)
+            resp = error_response(request, exc.status, exc.reason.lower().replace(" ", "_"), message)
+            for name in ("Allow", "Location"):
+                if name in exc.headers:
+                    resp.headers[name] = exc.headers[name]
+            return resp
+        raise
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request[REQUEST_ID])
+        return error_response(request, 500, "internal", "internal error; the node's log has the details")
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be 'Bearer TOKEN'")
+    return token.strip()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve who is calling (Bearer token or session cookie) before any handler runs."""
+    authenticator = request.app[AUTHENTICATOR]
+    token = bearer_token(request)
+    principal: Principal | None = None
+    if token is not None:
+        principal = await authenticator.authenticate(token)
+        if principal is None:
+            raise Unauthorized("invalid or expired token")
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            principal = await authenticator.authenticate(cookie)
+    if principal is not None:
+        request[PRINCIPAL] = principal
+    elif request.path.startswith("/api/"):
+        raise Unauthorized("authentication required: send 'Authorization: Bearer TOKEN' or log in")
+    return await handler(request)
+
+
+def principal_of(request: web.Request) -> Principal:
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        raise Unauthorized("authentication required")
+    return principal
+
+
+def require_admin(request: web.Request) -> Principal:
+    principal = principal_of(request)
+    if not principal.admin:
+        raise Forbidden("this needs an owner (admin) account")
+    return principal
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise BadRequest("request body too large")
+    try:
+        raw = await request.content.read(MAX_JSON_BODY + 1)
+    except ValueError:
+        raise BadRequest("cannot read request body") from None
+    if len(raw) > MAX_JSON_BODY:
+        raise BadRequest("request body too large")
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return data
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if response.content_type == "text/html":
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; media-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+        )
+    return response

@@ -1,0 +1,113 @@
+"""The small interfaces the parts meet through.
+
+``node`` (the CMA), ``registry`` (manager + search) and ``webapp`` never import
+each other. Each depends only on these protocols; ``priv_network.server`` is
+the one place that wires real objects into them. A part could later run as
+its own process behind the same protocol, served over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from priv_network.wire import FeedPage, ItemInfo
+
+# Called by the CMA after any change to its feed; the manager uses it to pull
+# the node's own feed into the registry at once.
+ChangeListener = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is making an API request."""
+
+    name: str
+    admin: bool
+    token_id: str
+
+
+@dataclass(frozen=True)
+class ContentFile:
+    """A local file the HTTP layer may stream (with sendfile)."""
+
+    path: Path
+    mime: str
+    size: int
+    etag: str
+
+
+@dataclass
+class IngestReport:
+    added: list[ItemInfo] = field(default_factory=list)
+    existing: list[ItemInfo] = field(default_factory=list)
+    skipped_unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    name: str
+    url: str
+    version: str
+    items: int
+    store_bytes: int
+    free_bytes: int
+    feed_id: str
+    feed_seq: int
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    item: ItemInfo
+    online: bool
+    node_name: str
+    local: bool
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    node: str | None = None
+    kind: str | None = None
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Principal | None: ...
+
+    async def create_session(self, principal: Principal) -> str: ...
+
+    async def end_session(self, token: str) -> None: ...
+
+
+class CatalogSource(Protocol):
+    """A node's changes feed, as seen by one reader (filtered for it)."""
+
+    node_id: str
+
+    async def fetch_changes(self, since: int, limit: int) -> FeedPage: ...
+
+
+class ContentService(Protocol):
+    """What the manager, the web app and the admin API need of the CMA."""
+
+    async def list_items(self, limit: int, offset: int = 0) -> list[ItemInfo]: ...
+
+    async def get_item(self, item_id: str) -> ItemInfo: ...
+
+    async def content_file(self, item_id: str) -> ContentFile: ...
+
+    async def poster_file(self, item_id: str) -> ContentFile: ...
+
+    async def status(self) -> NodeStatus: ...
+
+
+class SearchService(Protocol):
+    async def search(self, query: str, limit: int, filters: SearchFilters | None = None) -> list[SearchHit]: ...
+
+    async def recent(self, limit: int, filters: SearchFilters | None = None) -> Sequence[SearchHit]: ...
+
+    async def sync_all(self) -> dict[str, int]: ...

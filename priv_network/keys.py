@@ -1,0 +1,15 @@
+"""Typed keys for everything stored on the app or a request, declared in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from priv_network.config import Config
+from priv_network.interfaces import Authenticator, Principal
+
+CONFIG = web.AppKey("config", Config)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)  # type: ignore[type-abstract]
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+SESSION_COOKIE = "pn_session"

@@ -1,0 +1,225 @@
+"""Wire models: what crosses between the parts and between nodes, as JSON.
+
+Parsing is strict: a feed page with a wrong type or a missing field is
+rejected as a whole (``InvalidInput``), never half-applied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from priv_network.errors import InvalidInput, NotFound
+
+ITEM_ID_RE = re.compile(r"^[a-z2-7]{26}$")
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+KINDS = ("video", "audio", "image", "other")
+MAX_PAGE = 5000
+
+
+def check_item_id(value: str) -> str:
+    """Item IDs are 26 lowercase base32 characters; anything else cannot exist."""
+    if not ITEM_ID_RE.match(value):
+        raise NotFound(f"no item {value[:64]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """An item as its owner publishes it."""
+
+    id: str
+    node: str
+    title: str
+    kind: str
+    mime: str
+    size: int
+    content_hash: str
+    block_size: int
+    manifest_hash: str
+    has_poster: bool
+    visibility: str
+    created_at: float
+    updated_at: float
+    duration: float | None = None
+    width: int | None = None
+    height: int | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    container: str | None = None
+    warning: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ItemInfo:
+        if not isinstance(data, dict):
+            raise InvalidInput("item must be an object")
+        try:
+            info = cls(
+                id=_str(data, "id"),
+                node=_str(data, "node"),
+                title=_str(data, "title"),
+                kind=_str(data, "kind"),
+                mime=_str(data, "mime"),
+                size=_int(data, "size"),
+                content_hash=_str(data, "content_hash"),
+                block_size=_int(data, "block_size"),
+                manifest_hash=_str(data, "manifest_hash"),
+                has_poster=_bool(data, "has_poster"),
+                visibility=_str(data, "visibility"),
+                created_at=_num(data, "created_at"),
+                updated_at=_num(data, "updated_at"),
+                duration=_opt_num(data, "duration"),
+                width=_opt_int(data, "width"),
+                height=_opt_int(data, "height"),
+                video_codec=_opt_str(data, "video_codec"),
+                audio_codec=_opt_str(data, "audio_codec"),
+                container=_opt_str(data, "container"),
+                warning=_opt_str(data, "warning"),
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"item is missing field {exc.args[0]!r}") from None
+        if not ITEM_ID_RE.match(info.id):
+            raise InvalidInput(f"bad item id {info.id[:40]!r}")
+        if info.kind not in KINDS:
+            raise InvalidInput(f"bad item kind {info.kind[:20]!r}")
+        if not HASH_RE.match(info.content_hash) or not HASH_RE.match(info.manifest_hash):
+            raise InvalidInput("bad content or manifest hash")
+        if info.size < 0:
+            raise InvalidInput("negative item size")
+        return info
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One change: an item upserted or deleted (more entity kinds come with later issues)."""
+
+    seq: int
+    entity: str
+    op: str
+    id: str
+    item: ItemInfo | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": self.seq, "entity": self.entity, "op": self.op, "id": self.id}
+        if self.item is not None:
+            out["item"] = self.item.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> FeedEntry:
+        if not isinstance(data, dict):
+            raise InvalidInput("feed entry must be an object")
+        try:
+            seq, entity, op, ident = _int(data, "seq"), _str(data, "entity"), _str(data, "op"), _str(data, "id")
+        except KeyError as exc:
+            raise InvalidInput(f"feed entry is missing field {exc.args[0]!r}") from None
+        if entity != "item":
+            raise InvalidInput(f"unknown feed entity {entity[:20]!r}")
+        if op not in ("upsert", "delete"):
+            raise InvalidInput(f"unknown feed op {op[:20]!r}")
+        item = None
+        if op == "upsert":
+            if "item" not in data:
+                raise InvalidInput("upsert entry without item")
+            item = ItemInfo.from_json(data["item"])
+            if item.id != ident:
+                raise InvalidInput("feed entry id does not match its item")
+        elif not ITEM_ID_RE.match(ident):
+            raise InvalidInput(f"bad item id {ident[:40]!r}")
+        return cls(seq=seq, entity=entity, op=op, id=ident, item=item)
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    node: str
+    feed_id: str
+    since: int
+    next: int
+    more: bool
+    entries: list[FeedEntry] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "feed_id": self.feed_id,
+            "since": self.since,
+            "next": self.next,
+            "more": self.more,
+            "entries": [e.to_json() for e in self.entries],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, limit: int = MAX_PAGE) -> FeedPage:
+        if not isinstance(data, dict):
+            raise InvalidInput("feed page must be an object")
+        try:
+            raw_entries = data["entries"]
+            page = cls(
+                node=_str(data, "node"),
+                feed_id=_str(data, "feed_id"),
+                since=_int(data, "since"),
+                next=_int(data, "next"),
+                more=_bool(data, "more"),
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"feed page is missing field {exc.args[0]!r}") from None
+        if not isinstance(raw_entries, list):
+            raise InvalidInput("feed entries must be a list")
+        if len(raw_entries) > limit:
+            raise InvalidInput(f"feed page has {len(raw_entries)} entries, more than the {limit} asked for")
+        entries = [FeedEntry.from_json(e) for e in raw_entries]
+        last = page.since
+        for entry in entries:
+            if entry.seq <= last:
+                raise InvalidInput("feed entries are not in increasing order after the cursor")
+            last = entry.seq
+            if entry.item is not None and entry.item.node != page.node:
+                raise InvalidInput("feed entry names another node as owner")
+        if page.next < last:
+            raise InvalidInput("feed cursor goes backwards")
+        page.entries.extend(entries)
+        return page
+
+
+def _str(d: dict[str, Any], k: str) -> str:
+    v = d[k]
+    if not isinstance(v, str):
+        raise InvalidInput(f"field {k!r} must be a string")
+    return v
+
+
+def _opt_str(d: dict[str, Any], k: str) -> str | None:
+    return None if d.get(k) is None else _str(d, k)
+
+
+def _int(d: dict[str, Any], k: str) -> int:
+    v = d[k]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidInput(f"field {k!r} must be an integer")
+    return v
+
+
+def _opt_int(d: dict[str, Any], k: str) -> int | None:
+    return None if d.get(k) is None else _int(d, k)
+
+
+def _num(d: dict[str, Any], k: str) -> float:
+    v = d[k]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise InvalidInput(f"field {k!r} must be a number")
+    return float(v)
+
+
+def _opt_num(d: dict[str, Any], k: str) -> float | None:
+    return None if d.get(k) is None else _num(d, k)
+
+
+def _bool(d: dict[str, Any], k: str) -> bool:
+    v = d[k]
+    if not isinstance(v, bool):
+        raise InvalidInput(f"field {k!r} must be true or false")
+    return v

@@ -1,0 +1,187 @@
+"""Search over the registry: one interface, a backend per database.
+
+Text is normalized the same way when indexed and when queried: Unicode NFKD,
+combining marks dropped (so "amélie" matches "Amelie"), case-folded, and
+split on anything that is not a letter or digit (so "spider man" matches
+"Spider-Man"). The last query word is always a prefix ("as you type").
+
+Ranking is tiered, so that it stays fast on a million rows:
+
+1. items containing every query word as a whole word, ranked by BM25
+   (SQLite FTS5) or ts_rank (PostgreSQL): few rows, cheap to score;
+2. then items where the last word is only a prefix of a word, newest first.
+   Scoring these by relevance would mean scoring every match of a
+   two-letter prefix (hundreds of thousands of rows) before the LIMIT; the
+   index instead walks them in row order and stops at the LIMIT.
+
+On PostgreSQL a trigram similarity search is the fallback when the
+full-text query finds nothing (typos).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from priv_network.interfaces import SearchFilters
+from registry.models import entries, sources
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+MIN_PREFIX = 2
+MAX_QUERY_WORDS = 12
+
+
+def normalize(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(_NON_WORD.sub(" ", stripped.casefold()).split())
+
+
+def query_words(query: str) -> list[str]:
+    return normalize(query).split()[:MAX_QUERY_WORDS]
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: dict[str, Any]
+    source_name: str
+    online: bool
+
+
+_HIT_COLUMNS = [*entries.c, sources.c.name.label("source_name"), sources.c.online.label("source_online")]
+
+
+def _filters(filters: SearchFilters | None) -> list[sa.ColumnElement[bool]]:
+    out: list[sa.ColumnElement[bool]] = []
+    if filters is not None:
+        if filters.node:
+            out.append(entries.c.node_id == filters.node)
+        if filters.kind:
+            out.append(entries.c.kind == filters.kind)
+    return out
+
+
+def _hits(rows: Any) -> list[Hit]:
+    out = []
+    for row in rows.mappings():
+        data = dict(row)
+        out.append(Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online"))))
+    return out
+
+
+class SearchBackend(Protocol):
+    async def index(self, conn: AsyncConnection, rowid: int, search_text: str) -> None: ...
+
+    async def unindex(self, conn: AsyncConnection, rowids: list[int]) -> None: ...
+
+    async def search(
+        self, conn: AsyncConnection, words: list[str], limit: int, filters: SearchFilters | None
+    ) -> list[Hit]: ...
+
+
+class SqliteSearch:
+    """FTS5 with prefix indexes on 2 and 3 characters."""
+
+    async def index(self, conn: AsyncConnection, rowid: int, search_text: str) -> None:
+        await conn.execute(sa.text("DELETE FROM registry_fts WHERE rowid = :r"), {"r": rowid})
+        await conn.execute(
+            sa.text("INSERT INTO registry_fts(rowid, search_text) VALUES (:r, :t)"), {"r": rowid, "t": search_text}
+        )
+
+    async def unindex(self, conn: AsyncConnection, rowids: list[int]) -> None:
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start : start + 500]
+            await conn.execute(
+                sa.text("DELETE FROM registry_fts WHERE rowid IN :ids").bindparams(sa.bindparam("ids", expanding=True)),
+                {"ids": chunk},
+            )
+
+    async def search(
+        self, conn: AsyncConnection, words: list[str], limit: int, filters: SearchFilters | None
+    ) -> list[Hit]:
+        if not words:
+            return []
+        fts = sa.table("registry_fts", sa.column("rowid"), sa.column("rank"), sa.column("registry_fts"))
+        exact = " ".join(f'"{w}"' for w in words)
+        base = (
+            sa.select(*_HIT_COLUMNS)
+            .select_from(
+                fts.join(entries, entries.c.id == fts.c.rowid).outerjoin(
+                    sources, sources.c.node_id == entries.c.node_id
+                )
+            )
+            .where(*_filters(filters))
+        )
+        tier1 = _hits(
+            await conn.execute(
+                base.where(sa.text("registry_fts MATCH :q").bindparams(q=exact)).order_by(fts.c.rank).limit(limit)
+            )
+        )
+        if len(tier1) >= limit or len(words[-1]) < MIN_PREFIX:
+            return tier1
+        seen = [h.row["id"] for h in tier1]
+        prefix = " ".join([*(f'"{w}"' for w in words[:-1]), f'"{words[-1]}"*'])
+        query = base.where(sa.text("registry_fts MATCH :p").bindparams(p=prefix))
+        if seen:
+            query = query.where(entries.c.id.not_in(seen))
+        tier2 = _hits(await conn.execute(query.order_by(fts.c.rowid.desc()).limit(limit - len(tier1))))
+        return tier1 + tier2
+
+
+class PostgresSearch:
+    """tsvector ('simple' config on normalized text) with prefix queries, trigram fallback."""
+
+    async def index(self, conn: AsyncConnection, rowid: int, search_text: str) -> None:
+        return None  # expression indexes on registry_items.search_text follow the row
+
+    async def unindex(self, conn: AsyncConnection, rowids: list[int]) -> None:
+        return None
+
+    async def search(
+        self, conn: AsyncConnection, words: list[str], limit: int, filters: SearchFilters | None
+    ) -> list[Hit]:
+        if not words:
+            return []
+        vector = sa.func.to_tsvector(sa.literal_column("'simple'"), entries.c.search_text)
+        base = (
+            sa.select(*_HIT_COLUMNS)
+            .select_from(entries.outerjoin(sources, sources.c.node_id == entries.c.node_id))
+            .where(*_filters(filters))
+        )
+        exact_q = sa.func.to_tsquery(sa.literal_column("'simple'"), " & ".join(words))
+        tier1 = _hits(
+            await conn.execute(
+                base.where(vector.op("@@")(exact_q))
+                .order_by(sa.func.ts_rank(vector, exact_q).desc(), entries.c.id.desc())
+                .limit(limit)
+            )
+        )
+        if len(tier1) >= limit:
+            return tier1
+        seen = [h.row["id"] for h in tier1]
+        hits = tier1
+        if len(words[-1]) >= MIN_PREFIX:
+            prefix_q = sa.func.to_tsquery(sa.literal_column("'simple'"), " & ".join([*words[:-1], words[-1] + ":*"]))
+            query = base.where(vector.op("@@")(prefix_q))
+            if seen:
+                query = query.where(entries.c.id.not_in(seen))
+            hits = hits + _hits(await conn.execute(query.order_by(entries.c.id.desc()).limit(limit - len(hits))))
+        if not hits and len(" ".join(words)) >= 3:
+            text = " ".join(words)
+            hits = _hits(
+                await conn.execute(
+                    base.where(entries.c.search_text.op("%")(text))
+                    .order_by(sa.func.similarity(entries.c.search_text, text).desc())
+                    .limit(limit)
+                )
+            )
+        return hits
+
+
+def backend_for(dialect: str) -> SearchBackend:
+    return SqliteSearch() if dialect == "sqlite" else PostgresSearch()

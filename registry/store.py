@@ -1,0 +1,143 @@
+"""Every query the registry makes, one named async method each."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from priv_network.interfaces import SearchFilters
+from priv_network.wire import FeedPage, ItemInfo
+from registry.models import entries, sources
+from registry.search import Hit, backend_for, normalize, query_words
+
+
+def search_text(item: ItemInfo) -> str:
+    return normalize(item.title)
+
+
+class RegistryStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.search_backend = backend_for(self.dialect)
+        self._insert = sqlite_insert if self.dialect == "sqlite" else pg_insert
+
+    async def ensure_source(self, node_id: str, name: str, url: str) -> None:
+        async with self.engine.begin() as conn:
+            stmt = self._insert(sources).values(node_id=node_id, name=name, url=url)
+            await conn.execute(
+                stmt.on_conflict_do_update(index_elements=[sources.c.node_id], set_={"name": name, "url": url})
+            )
+
+    async def get_source(self, node_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(sources).where(sources.c.node_id == node_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def list_sources(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(sources).order_by(sources.c.name))
+            return [dict(r) for r in rows.mappings()]
+
+    async def apply_page(self, node_id: str, page: FeedPage, *, reset: bool) -> int:
+        """Apply one verified feed page atomically; returns how many rows changed."""
+        changed = 0
+        backend = self.search_backend
+        async with self.engine.begin() as conn:
+            if reset:
+                old = [r[0] for r in await conn.execute(sa.select(entries.c.id).where(entries.c.node_id == node_id))]
+                await backend.unindex(conn, old)
+                await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
+            for entry in page.entries:
+                if entry.item is None:
+                    ids = [
+                        r[0]
+                        for r in await conn.execute(
+                            sa.select(entries.c.id).where(entries.c.node_id == node_id, entries.c.item_id == entry.id)
+                        )
+                    ]
+                    if ids:
+                        await backend.unindex(conn, ids)
+                        await conn.execute(sa.delete(entries).where(entries.c.id.in_(ids)))
+                        changed += 1
+                    continue
+                item = entry.item
+                values = {
+                    "node_id": node_id,
+                    "item_id": item.id,
+                    "title": item.title,
+                    "kind": item.kind,
+                    "mime": item.mime,
+                    "size": item.size,
+                    "duration": item.duration,
+                    "width": item.width,
+                    "height": item.height,
+                    "content_hash": item.content_hash,
+                    "has_poster": item.has_poster,
+                    "visibility": item.visibility,
+                    "created_at": item.created_at,
+                    "updated_at": item.updated_at,
+                    "search_text": search_text(item),
+                }
+                stmt = self._insert(entries).values(**values)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[entries.c.node_id, entries.c.item_id],
+                    set_={k: v for k, v in values.items() if k not in ("node_id", "item_id")},
+                ).returning(entries.c.id)
+                rowid = (await conn.execute(stmt)).scalar_one()
+                await backend.index(conn, rowid, values["search_text"])
+                changed += 1
+            await conn.execute(
+                sa.update(sources)
+                .where(sources.c.node_id == node_id)
+                .values(
+                    feed_id=page.feed_id,
+                    cursor=page.next,
+                    online=True,
+                    last_sync_at=time.time(),
+                    failures=0,
+                    next_retry_at=None,
+                    last_error=None,
+                )
+            )
+        return changed
+
+    async def record_failure(self, node_id: str, error: str, next_retry_at: float | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(sources)
+                .where(sources.c.node_id == node_id)
+                .values(
+                    online=False,
+                    failures=sources.c.failures + 1,
+                    last_error=error[:500],
+                    next_retry_at=next_retry_at,
+                )
+            )
+
+    async def search(self, query: str, limit: int, filters: SearchFilters | None) -> list[Hit]:
+        async with self.engine.connect() as conn:
+            return await self.search_backend.search(conn, query_words(query), limit, filters)
+
+    async def recent(self, limit: int, filters: SearchFilters | None = None) -> list[Hit]:
+        query = (
+            sa.select(*entries.c, sources.c.name.label("source_name"), sources.c.online.label("source_online"))
+            .select_from(entries.outerjoin(sources, sources.c.node_id == entries.c.node_id))
+            .order_by(entries.c.created_at.desc(), entries.c.id.desc())
+            .limit(limit)
+        )
+        if filters is not None and filters.kind:
+            query = query.where(entries.c.kind == filters.kind)
+        if filters is not None and filters.node:
+            query = query.where(entries.c.node_id == filters.node)
+        async with self.engine.connect() as conn:
+            out = []
+            for row in (await conn.execute(query)).mappings():
+                data = dict(row)
+                out.append(Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online"))))
+            return out

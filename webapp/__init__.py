@@ -1,0 +1,1 @@
+"""The web app: thin pages over the manager and the CMA."""
