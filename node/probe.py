@@ -147,9 +147,7 @@ def _poster(container: av.container.InputContainer, stream: av.VideoStream, dura
     if duration and duration > 1 and stream.time_base:
         target = min(duration * 0.1, 30.0)
         container.seek(int(target / av.time_base), any_frame=False, backward=True)
-    frame = None
-    for frame in container.decode(stream):
-        break
+    frame = next(iter(container.decode(stream)), None)
     if frame is None:
         return None
     width, height = frame.width, frame.height

@@ -213,11 +213,15 @@ class ContentManager:
         entries = []
         for seq, entity, op, entity_id, row in rows:
             item = self._info(row) if row is not None else None
-            entries.append(FeedEntry(seq=seq, entity=entity, op=op if item or op == "delete" else "delete",
-                                     id=entity_id, item=item))
+            entries.append(
+                FeedEntry(
+                    seq=seq, entity=entity, op=op if item or op == "delete" else "delete", id=entity_id, item=item
+                )
+            )
         next_cursor = rows[-1][0] if rows else since
-        return FeedPage(node=self.node_id, feed_id=self.feed_id, since=since, next=next_cursor, more=more,
-                        entries=entries)
+        return FeedPage(
+            node=self.node_id, feed_id=self.feed_id, since=since, next=next_cursor, more=more, entries=entries
+        )
 
     # -- ingest -------------------------------------------------------------
     async def ingest_paths(self, paths: Sequence[str], title: str | None, visibility: str) -> IngestReport:
@@ -399,8 +403,8 @@ def _collect(paths: list[str]) -> tuple[list[_Candidate], list[tuple[str, str]]]
             failed.append((raw, "not a regular file or folder"))
             continue
 
-        def onerror(exc: OSError) -> None:
-            failed.append((exc.filename or raw, exc.strerror or "cannot read"))
+        def onerror(exc: OSError, top: str = raw) -> None:
+            failed.append((exc.filename or top, exc.strerror or "cannot read"))
 
         for dirpath, dirnames, filenames in os.walk(path, onerror=onerror):
             dirnames.sort()

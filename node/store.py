@@ -84,9 +84,7 @@ class CmaStore:
         async with self.feed_transaction() as conn:
             existing = await self._item_by_hash(conn, blob["hash"])
             if existing is None:
-                has_blob = (
-                    await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == blob["hash"]))
-                ).scalar()
+                has_blob = (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == blob["hash"]))).scalar()
                 if has_blob is None:
                     await conn.execute(sa.insert(blobs).values(**blob, created_at=now))
                 await conn.execute(sa.insert(items).values(**item, created_at=now, updated_at=now))
@@ -95,9 +93,7 @@ class CmaStore:
                 path, size, mtime_ns = source
                 await conn.execute(sa.delete(source_files).where(source_files.c.path == path))
                 await conn.execute(
-                    sa.insert(source_files).values(
-                        path=path, size=size, mtime_ns=mtime_ns, content_hash=blob["hash"]
-                    )
+                    sa.insert(source_files).values(path=path, size=size, mtime_ns=mtime_ns, content_hash=blob["hash"])
                 )
             row = existing or await self._item_by_hash(conn, blob["hash"])
         assert row is not None
@@ -105,23 +101,31 @@ class CmaStore:
 
     async def _item_by_hash(self, conn: AsyncConnection, content_hash: str) -> dict[str, Any] | None:
         row = (
-            await conn.execute(
-                sa.select(*_ITEM_COLUMNS)
-                .join(blobs, blobs.c.hash == items.c.content_hash)
-                .where(items.c.content_hash == content_hash)
+            (
+                await conn.execute(
+                    sa.select(*_ITEM_COLUMNS)
+                    .join(blobs, blobs.c.hash == items.c.content_hash)
+                    .where(items.c.content_hash == content_hash)
+                )
             )
-        ).mappings().first()
+            .mappings()
+            .first()
+        )
         return dict(row) if row else None
 
     async def get_item(self, item_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
             row = (
-                await conn.execute(
-                    sa.select(*_ITEM_COLUMNS)
-                    .join(blobs, blobs.c.hash == items.c.content_hash)
-                    .where(items.c.id == item_id)
+                (
+                    await conn.execute(
+                        sa.select(*_ITEM_COLUMNS)
+                        .join(blobs, blobs.c.hash == items.c.content_hash)
+                        .where(items.c.id == item_id)
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
         return dict(row) if row else None
 
     async def list_items(self, limit: int, offset: int) -> list[dict[str, Any]]:
@@ -138,9 +142,7 @@ class CmaStore:
     async def update_item(self, item_id: str, values: dict[str, Any]) -> bool:
         now = time.time()
         async with self.feed_transaction() as conn:
-            result = await conn.execute(
-                sa.update(items).where(items.c.id == item_id).values(**values, updated_at=now)
-            )
+            result = await conn.execute(sa.update(items).where(items.c.id == item_id).values(**values, updated_at=now))
             if result.rowcount == 0:
                 return False
             await self._record_change(conn, "item", item_id, "upsert", now)
@@ -150,9 +152,7 @@ class CmaStore:
         """Delete the item; returns its content hash if no item references it any more."""
         now = time.time()
         async with self.feed_transaction() as conn:
-            content_hash = (
-                await conn.execute(sa.select(items.c.content_hash).where(items.c.id == item_id))
-            ).scalar()
+            content_hash = (await conn.execute(sa.select(items.c.content_hash).where(items.c.id == item_id))).scalar()
             if content_hash is None:
                 return None
             await conn.execute(sa.delete(items).where(items.c.id == item_id))
@@ -171,7 +171,9 @@ class CmaStore:
     async def stats(self) -> tuple[int, int]:
         async with self.engine.connect() as conn:
             row = (
-                await conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).select_from(blobs))
+                await conn.execute(
+                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).select_from(blobs)
+                )
             ).one()
             count = (await conn.execute(sa.select(sa.func.count()).select_from(items))).scalar_one()
         return int(count), int(row[1])
@@ -182,9 +184,7 @@ class CmaStore:
 
     # -- the changes feed ---------------------------------------------------
     async def _record_change(self, conn: AsyncConnection, entity: str, entity_id: str, op: str, at: float) -> None:
-        await conn.execute(
-            sa.delete(changes).where(changes.c.entity == entity, changes.c.entity_id == entity_id)
-        )
+        await conn.execute(sa.delete(changes).where(changes.c.entity == entity, changes.c.entity_id == entity_id))
         await conn.execute(sa.insert(changes).values(entity=entity, entity_id=entity_id, op=op, at=at))
 
     async def changes_since(self, since: int, limit: int) -> list[tuple[int, str, str, str, dict[str, Any] | None]]:
@@ -192,8 +192,9 @@ class CmaStore:
         query = (
             sa.select(changes.c.seq, changes.c.entity, changes.c.op, changes.c.entity_id, *_ITEM_COLUMNS)
             .select_from(
-                changes.outerjoin(items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id))
-                .outerjoin(blobs, blobs.c.hash == items.c.content_hash)
+                changes.outerjoin(
+                    items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id)
+                ).outerjoin(blobs, blobs.c.hash == items.c.content_hash)
             )
             .where(changes.c.seq > since)
             .order_by(changes.c.seq)
@@ -217,7 +218,11 @@ class CmaStore:
 
     async def token_by_hash(self, token_hash: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(api_tokens).where(api_tokens.c.token_hash == token_hash))).mappings().first()
+            row = (
+                (await conn.execute(sa.select(api_tokens).where(api_tokens.c.token_hash == token_hash)))
+                .mappings()
+                .first()
+            )
         return dict(row) if row else None
 
     async def touch_token(self, token_id: str, at: float) -> None:

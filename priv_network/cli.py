@@ -86,6 +86,11 @@ def _human_size(n: int | float) -> str:
     return f"{n} B"
 
 
+def _absolute(path: str) -> str:
+    """Paths are resolved here: the node may run in another working directory."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def _table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
     if not rows:
         return
@@ -132,9 +137,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                     child.unlink(missing_ok=True)
         raise
     print(identity.node_id)
-    sys.stderr.write(
-        f"initialised node {name!r} in {target}\nstart it with: priv-network --data {target} serve\n"
-    )
+    sys.stderr.write(f"initialised node {name!r} in {target}\nstart it with: priv-network --data {target} serve\n")
     return EXIT_OK
 
 
@@ -273,8 +276,7 @@ async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]
 
 
 async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
-    paths = [str(Path(p).expanduser().absolute()) for p in args.paths]
-    body: dict[str, Any] = {"paths": paths, "visibility": args.visibility}
+    body: dict[str, Any] = {"paths": args.paths, "visibility": args.visibility}
     if args.title is not None:
         body["title"] = args.title
     report = await client.post("/api/v1/items", body)
@@ -376,7 +378,7 @@ def build_parser() -> Parser:
     p.set_defaults(remote=cmd_status)
 
     p = sub.add_parser("add", help="ingest files and folders (recursively)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_absolute)
     p.add_argument("--title", help="title for a single file (default: from the file name)")
     p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
     p.add_argument("--json", action="store_true")

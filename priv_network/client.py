@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from types import TracebackType
 from typing import Any
@@ -33,24 +32,25 @@ class AdminClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
-        self._session = aiohttp.ClientSession(
-            timeout=self._timeout, headers={"Authorization": f"Bearer {self._token}"}
-        )
+        self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"Authorization": f"Bearer {self._token}"})
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, *, json_body: Any = None,
-                      params: dict[str, str] | None = None) -> Any:
+    async def request(
+        self, method: str, path: str, *, json_body: Any = None, params: dict[str, str] | None = None
+    ) -> Any:
         assert self._session is not None, "use `async with AdminClient(...)`"
         url = self.base_url + path
         try:
             async with self._session.request(method, url, json=json_body, params=params) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
                 raise NodeUnreachable(
                     f"no node is running at {self.base_url}; start it with `priv-network serve`"

@@ -27,8 +27,16 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
-    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, None: 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    None: 1,
 }
 
 
@@ -65,7 +73,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _setting(default: Any, help: str, kind: str = "str") -> Any:  # noqa: A002
+def _setting(default: Any, help: str, kind: str = "str") -> Any:
     return field(default=default, metadata={"help": help, "kind": kind})
 
 
@@ -124,9 +132,7 @@ class HttpSection:
     shutdown_timeout: float = _setting(
         10.0, "On SIGINT/SIGTERM, how long in-flight requests may take to finish.", "duration"
     )
-    admin_token_file: str = _setting(
-        "admin.token", "File (relative to DATA) holding the CLI's admin credential."
-    )
+    admin_token_file: str = _setting("admin.token", "File (relative to DATA) holding the CLI's admin credential.")
 
 
 @dataclass(frozen=True)

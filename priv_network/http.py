@@ -37,10 +37,10 @@ def error_response(request: web.Request, status: int, code: str, message: str) -
         body = {"error": {"code": code, "message": message}}
         return web.json_response(body, status=status)
     page = (
-        "<!doctype html><html lang=en><meta charset=utf-8><title>{s} · priv_network</title>"
-        "<link rel=stylesheet href=/static/style.css><main class=error><h1>{s}</h1><p>{m}</p>"
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{status} · priv_network</title>"
+        f"<link rel=stylesheet href=/static/style.css><main class=error><h1>{status}</h1><p>{html.escape(message)}</p>"
         "<p><a href=/>Back to the start page</a></p></main></html>"
-    ).format(s=status, m=html.escape(message))
+    )
     return web.Response(text=page, status=status, content_type="text/html")
 
 

@@ -102,9 +102,7 @@ class NodeIdentity:
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
-        raw = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public = PublicIdentity(node_id_from_public_key(raw), raw)
 
     @property
@@ -143,9 +141,7 @@ class NodeIdentity:
             raise ConfigError(f"cannot read the node key {path}: {exc.strerror}") from None
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise ConfigError(
-                f"the node key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`"
-            )
+            raise ConfigError(f"the node key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except ValueError:

@@ -8,7 +8,7 @@ from priv_network.config import Config
 from priv_network.interfaces import Authenticator, Principal
 
 CONFIG = web.AppKey("config", Config)
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)  # type: ignore[type-abstract]
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
 

@@ -17,8 +17,9 @@ MAX_SEARCH_LIMIT = 200
 
 
 class Registry:
-    def __init__(self, *, store: RegistryStore, own: CatalogSource, node_id: str, name: str, url: str,
-                 page_size: int) -> None:
+    def __init__(
+        self, *, store: RegistryStore, own: CatalogSource, node_id: str, name: str, url: str, page_size: int
+    ) -> None:
         self._store = store
         self._own = own
         self.node_id = node_id

@@ -67,7 +67,8 @@ class RegistryStore:
                         changed += 1
                     continue
                 item = entry.item
-                values = {
+                text = search_text(item)
+                values: dict[str, Any] = {
                     "node_id": node_id,
                     "item_id": item.id,
                     "title": item.title,
@@ -82,15 +83,19 @@ class RegistryStore:
                     "visibility": item.visibility,
                     "created_at": item.created_at,
                     "updated_at": item.updated_at,
-                    "search_text": search_text(item),
+                    "search_text": text,
                 }
-                stmt = self._insert(entries).values(**values)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[entries.c.node_id, entries.c.item_id],
-                    set_={k: v for k, v in values.items() if k not in ("node_id", "item_id")},
-                ).returning(entries.c.id)
-                rowid = (await conn.execute(stmt)).scalar_one()
-                await backend.index(conn, rowid, values["search_text"])
+                upsert = (
+                    self._insert(entries)
+                    .values(**values)
+                    .on_conflict_do_update(
+                        index_elements=[entries.c.node_id, entries.c.item_id],
+                        set_={k: v for k, v in values.items() if k not in ("node_id", "item_id")},
+                    )
+                    .returning(entries.c.id)
+                )
+                rowid = (await conn.execute(upsert)).scalar_one()
+                await backend.index(conn, rowid, text)
                 changed += 1
             await conn.execute(
                 sa.update(sources)
@@ -139,5 +144,7 @@ class RegistryStore:
             out = []
             for row in (await conn.execute(query)).mappings():
                 data = dict(row)
-                out.append(Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online"))))
+                out.append(
+                    Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online")))
+                )
             return out

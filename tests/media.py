@@ -9,8 +9,9 @@ import av
 import numpy as np
 
 
-def make_video(path: Path, seconds: float = 2.0, width: int = 160, height: int = 120, fps: int = 10,
-               audio: bool = True) -> Path:
+def make_video(
+    path: Path, *, seconds: float = 2.0, width: int = 160, height: int = 120, fps: int = 10, audio: bool = True
+) -> Path:
     """An H.264 (or MPEG-4) + AAC MP4 with a moving gradient, decodable by browsers."""
     container = av.open(str(path), mode="w")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -23,7 +24,7 @@ def make_video(path: Path, seconds: float = 2.0, width: int = 160, height: int =
     for i in range(frames):
         img = np.zeros((height, width, 3), dtype=np.uint8)
         img[:, :, 0] = (np.arange(width) * 255 // width + i * 10) % 256
-        img[:, :, 1] = (np.arange(height)[:, None] * 255 // height)
+        img[:, :, 1] = np.arange(height)[:, None] * 255 // height
         img[:, :, 2] = (i * 25) % 256
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         for packet in vs.encode(frame):

@@ -20,7 +20,7 @@ STATIC = Path(__file__).parent / "static"
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    total = int(round(seconds))
+    total = round(seconds)
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -126,13 +126,9 @@ def upgrade() -> None:
     else:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         op.execute(
-            "CREATE INDEX ix_registry_items_fts ON registry_items "
-            "USING gin (to_tsvector('simple', search_text))"
+            "CREATE INDEX ix_registry_items_fts ON registry_items USING gin (to_tsvector('simple', search_text))"
         )
-        op.execute(
-            "CREATE INDEX ix_registry_items_trgm ON registry_items "
-            "USING gin (search_text gin_trgm_ops)"
-        )
+        op.execute("CREATE INDEX ix_registry_items_trgm ON registry_items USING gin (search_text gin_trgm_ops)")
 
 
 def downgrade() -> None:
