@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import hdrs, web
 
+from node.network import Network
 from node.service import ContentManager
 from priv_network import __version__
-from priv_network.errors import InvalidInput, NotFound
-from priv_network.http import int_param, json_body, principal_of, require_admin
-from priv_network.identity import NodeIdentity, b64u
+from priv_network.config import parse_duration
+from priv_network.errors import ConfigError, InvalidInput, NotFound, Unauthorized
+from priv_network.http import int_param, json_body, peer_of, principal_of, require_admin
+from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentFile, IngestReport, NodeStatus
-from priv_network.wire import ItemInfo
+from priv_network.wire import ItemInfo, RosterEvent
+
+MAX_ANNOUNCED_EVENTS = 16
 
 # One satisfiable-looking byte range. Anything else (other units, several
 # ranges, garbage) is ignored and the whole file is sent with 200, as RFC 9110
 # section 14.2 allows; a well-formed range past the end gets 416.
-_SINGLE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d+-\d*|-\d+)\s*$")
+# The pattern is exactly what aiohttp accepts (no spaces around "="), so that
+# nothing this lets through is turned into a 416 by aiohttp's stricter parser.
+_SINGLE_RANGE = re.compile(r"^\s*bytes=(\d+-\d*|-\d+)\s*$")
 
 
 def item_json(item: ItemInfo) -> dict[str, Any]:
@@ -47,12 +55,28 @@ class _RangeSafeFileResponse(web.FileResponse):
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         value = request.headers.get(hdrs.RANGE)
-        if value is not None and not _SINGLE_RANGE.match(value):
+        if value is not None and (not _SINGLE_RANGE.match(value) or not await self._if_range_holds(request)):
             headers = request.headers.copy()
             del headers[hdrs.RANGE]
             headers.pop(hdrs.IF_RANGE, None)
             request = request.clone(headers=headers)
         return await super().prepare(request)
+
+    async def _if_range_holds(self, request: web.BaseRequest) -> bool:
+        """Compare an entity-tag If-Range (RFC 9110 section 13.1.5, strong comparison).
+
+        aiohttp only understands an HTTP date there and would otherwise send a
+        206 for a stale tag, splicing bytes of two versions in the client's cache.
+        """
+        validator = request.headers.get(hdrs.IF_RANGE, "").strip()
+        if not validator.startswith(('"', "W/")):
+            return True  # absent, or a date: aiohttp handles it
+        try:
+            st = await asyncio.get_running_loop().run_in_executor(None, self._path.stat)
+        except OSError:
+            return True  # FileResponse answers the missing file itself
+        # The same strong tag FileResponse sends; a weak tag never matches.
+        return validator == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
 def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileResponse:
@@ -160,14 +184,29 @@ class ItemsApi:
 
 
 class FederationApi:
-    """Public (unsigned) federation endpoints. Signed ones come with the network."""
+    """The node-to-node endpoints. All but the node document and join are signed
+    (checked by ``priv_network.http.federation_middleware`` before these run)."""
 
-    def __init__(self, cma: ContentManager, identity: NodeIdentity) -> None:
+    def __init__(
+        self,
+        cma: ContentManager,
+        network: Network,
+        identity: NodeIdentity,
+        verify_with_key: Callable[..., str],
+    ) -> None:
         self.cma = cma
+        self.network = network
         self.identity = identity
+        self.verify_with_key = verify_with_key
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        return [web.get("/federation/v1/node", self.node_document)]
+        return [
+            web.get("/federation/v1/node", self.node_document),
+            web.get("/federation/v1/catalog", self.catalog),
+            web.get("/federation/v1/content/{id}", self.content),
+            web.post("/federation/v1/join", self.join),
+            web.post("/federation/v1/roster", self.roster),
+        ]
 
     async def node_document(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -182,3 +221,106 @@ class FederationApi:
                 "protocol": 1,
             }
         )
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        peer = peer_of(request)
+        since = int_param(request, "since", 0, 0, 2**62)
+        limit = int_param(request, "limit", 1000, 1, 5000)
+        page = await self.cma.changes(since, limit, viewer=peer)
+        return web.json_response(page.to_json())
+
+    async def content(self, request: web.Request) -> web.StreamResponse:
+        peer = peer_of(request)
+        f = await self.cma.content_file_for(request.match_info["id"], peer)
+        return file_response(f, immutable=True)
+
+    async def join(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        raw_key = body.get("public_key")
+        if not isinstance(raw_key, str):
+            raise InvalidInput("join needs the joiner's public_key")
+        try:
+            joiner = PublicIdentity.from_public_bytes(b64u_decode(raw_key))
+        except ValueError:
+            raise InvalidInput("malformed public_key") from None
+        raw = await request.read()
+        signer = self.verify_with_key(
+            request.method, self.cma.node_url + request.raw_path, request.headers, raw, key=joiner.public_key
+        )
+        node = body.get("node")
+        if signer != joiner.node_id or not isinstance(node, dict) or node.get("node_id") != joiner.node_id:
+            raise Unauthorized("the join request is not signed by the joining node's key")
+        return web.json_response(await self.network.accept_join(body, joiner))
+
+    async def roster(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        raw = body.get("events")
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ANNOUNCED_EVENTS:
+            raise InvalidInput(f"events must be a list of 1-{MAX_ANNOUNCED_EVENTS} roster events")
+        events = [RosterEvent.from_json(e) for e in raw]
+        added = await self.network.apply_roster_events(events, f"an announcement from {request.remote}")
+        if added:
+            await self.cma.notify_changed()
+        return web.json_response({"members_added": added})
+
+
+class NetworkApi:
+    """Admin endpoints for the group: invites, joining, members."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/api/v1/network/invites", self.create_invite),
+            web.post("/api/v1/network/join", self.join),
+            web.get("/api/v1/network/members", self.members),
+            web.delete("/api/v1/network/members/{id}", self.remove_member),
+        ]
+
+    async def create_invite(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        body = await json_body(request)
+        ttl = body.get("ttl", "24h")
+        uses = body.get("uses", 1)
+        try:
+            seconds = parse_duration(ttl) if isinstance(ttl, str | int | float) else None
+        except ConfigError:
+            seconds = None
+        if seconds is None:
+            raise InvalidInput(f"ttl must be a duration such as 30m, 24h or 7d, not {str(ttl)[:40]!r}")
+        if isinstance(uses, bool) or not isinstance(uses, int):
+            raise InvalidInput("uses must be a whole number")
+        token = await self.network.create_invite(seconds, uses)
+        return web.json_response({"token": token, "ttl": seconds, "uses": uses}, status=201)
+
+    async def join(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        body = await json_body(request)
+        token = body.get("token")
+        if not isinstance(token, str):
+            raise InvalidInput("token must be a string")
+        return web.json_response(await self.network.join(token))
+
+    async def members(self, request: web.Request) -> web.Response:
+        principal_of(request)
+        rows = await self.network.list_members()
+        return web.json_response(
+            {
+                "members": [
+                    {
+                        "node_id": r["node_id"],
+                        "name": r["name"],
+                        "url": r["url"],
+                        "active": bool(r["active"]),
+                        "last_seen_at": r["last_seen_at"],
+                    }
+                    for r in rows
+                ]
+            }
+        )
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        event = await self.network.remove_member(request.match_info["id"])
+        return web.json_response({"removed": event.subject, "event": event.id})

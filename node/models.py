@@ -84,3 +84,42 @@ api_tokens = sa.Table(
     sa.Column("expires_at", sa.Float),
     sa.Column("last_used_at", sa.Float),
 )
+
+# -- the group network ----------------------------------------------------------
+
+# Current state of every member this node knows, derived from roster events.
+members = sa.Table(
+    "members",
+    metadata,
+    sa.Column("node_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("public_key", sa.String(64), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_at", sa.Float, nullable=False),
+    sa.Column("last_seen_at", sa.Float),
+)
+
+# Signed roster events, as received; gossiped in the changes feed.
+roster_events = sa.Table(
+    "roster_events",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(40), nullable=False, index=True),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("signer", sa.String(40), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("sig", sa.String(128), nullable=False),
+)
+
+invites = sa.Table(
+    "invites",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("secret", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("uses_left", sa.Integer, nullable=False),
+)

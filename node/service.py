@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -21,6 +22,7 @@ from node.probe import ProbeResult, probe
 from node.store import CmaStore
 from priv_network import __version__
 from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, Unauthorized
+from priv_network.identity import normalize_node_id
 from priv_network.interfaces import (
     ChangeListener,
     ContentFile,
@@ -28,13 +30,24 @@ from priv_network.interfaces import (
     NodeStatus,
     Principal,
 )
-from priv_network.wire import FeedEntry, FeedPage, ItemInfo, check_item_id
+from priv_network.wire import FeedEntry, FeedPage, ItemInfo, RosterEvent, check_item_id
 
 log = logging.getLogger(__name__)
 
 VISIBILITY_HELP = "visibility must be private, network or peers:ID,ID"
 MAX_TITLE = 500
 SESSION_TTL = 30 * 86400
+
+
+def visible_to(visibility: str, viewer: str | None) -> bool:
+    """May ``viewer`` (a member's node ID; None for this node itself) see an item?"""
+    if viewer is None:
+        return True
+    if visibility == "network":
+        return True
+    if visibility.startswith("peers:"):
+        return viewer in visibility[len("peers:") :].split(",")
+    return False
 
 
 def new_item_id() -> str:
@@ -45,9 +58,9 @@ def check_visibility(value: str) -> str:
     if value in ("private", "network"):
         return value
     if value.startswith("peers:"):
-        peers = [p.strip() for p in value[len("peers:") :].split(",") if p.strip()]
+        peers = [normalize_node_id(p) for p in value[len("peers:") :].split(",") if p.strip()]
         if peers:
-            return "peers:" + ",".join(peers)
+            return "peers:" + ",".join(dict.fromkeys(peers))
     raise InvalidInput(f"{VISIBILITY_HELP}, not {value[:60]!r}")
 
 
@@ -90,7 +103,7 @@ class ContentManager:
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
-    async def _changed(self) -> None:
+    async def notify_changed(self) -> None:
         for listener in self._listeners:
             await listener()
 
@@ -167,14 +180,14 @@ class ContentManager:
         title = _check_title(title)
         if not await self._store.update_item(item_id, {"title": title}):
             raise NotFound(f"no item {item_id}")
-        await self._changed()
+        await self.notify_changed()
         return await self.get_item(item_id)
 
     async def set_visibility(self, item_id: str, visibility: str) -> ItemInfo:
         check_item_id(item_id)
         if not await self._store.update_item(item_id, {"visibility": check_visibility(visibility)}):
             raise NotFound(f"no item {item_id}")
-        await self._changed()
+        await self.notify_changed()
         return await self.get_item(item_id)
 
     async def remove_item(self, item_id: str) -> None:
@@ -185,7 +198,7 @@ class ContentManager:
         unreferenced = await self._store.delete_item(item_id)
         if unreferenced is not None:
             await self._run(self._blobs.delete, unreferenced)
-        await self._changed()
+        await self.notify_changed()
 
     async def status(self) -> NodeStatus:
         count, size = await self._store.stats()
@@ -203,7 +216,12 @@ class ContentManager:
         )
 
     # -- the changes feed ---------------------------------------------------
-    async def changes(self, since: int, limit: int) -> FeedPage:
+    async def changes(self, since: int, limit: int, viewer: str | None = None) -> FeedPage:
+        """The feed after ``since`` as ``viewer`` (a peer's node ID; None: this node) may see it.
+
+        An item the viewer may not see is published to it as a deletion, so a
+        change of access rules reaches a peer that had the item as a removal.
+        """
         if since < 0:
             raise InvalidInput("since must be >= 0")
         limit = max(1, min(limit, 5000))
@@ -211,17 +229,30 @@ class ContentManager:
         more = len(rows) > limit
         rows = rows[:limit]
         entries = []
-        for seq, entity, op, entity_id, row in rows:
+        for seq, entity, _op, entity_id, row in rows:
+            if entity == "roster":
+                if row is None:
+                    continue
+                event = RosterEvent(**json.loads(row["event_body"]), sig=row["event_sig"])
+                entries.append(FeedEntry(seq=seq, entity=entity, op="upsert", id=entity_id, event=event))
+                continue
             item = self._info(row) if row is not None else None
+            if item is not None and not visible_to(item.visibility, viewer):
+                item = None
             entries.append(
-                FeedEntry(
-                    seq=seq, entity=entity, op=op if item or op == "delete" else "delete", id=entity_id, item=item
-                )
+                FeedEntry(seq=seq, entity=entity, op="upsert" if item else "delete", id=entity_id, item=item)
             )
         next_cursor = rows[-1][0] if rows else since
         return FeedPage(
             node=self.node_id, feed_id=self.feed_id, since=since, next=next_cursor, more=more, entries=entries
         )
+
+    async def content_file_for(self, item_id: str, viewer: str) -> ContentFile:
+        """Content for a peer: an item it may not see does not exist for it (404, as unknown)."""
+        item = await self.get_item(item_id)
+        if not visible_to(item.visibility, viewer):
+            raise NotFound(f"no item {item_id}")
+        return await self.content_file(item_id)
 
     # -- ingest -------------------------------------------------------------
     async def ingest_paths(self, paths: Sequence[str], title: str | None, visibility: str) -> IngestReport:
@@ -261,7 +292,7 @@ class ContentManager:
 
         await asyncio.gather(*(one(c) for c in todo))
         if report.added or title is not None:
-            await self._changed()
+            await self.notify_changed()
         if disk_full and not report.added and not report.existing:
             raise disk_full[0]
         return report

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from node.models import api_tokens, blobs, changes, items, node_meta, source_files
+from node.models import (
+    api_tokens,
+    blobs,
+    changes,
+    invites,
+    items,
+    members,
+    node_meta,
+    roster_events,
+    source_files,
+)
 
 _ITEM_COLUMNS = [*items.c, blobs.c.block_size, blobs.c.manifest_hash, blobs.c.poster]
 
@@ -188,13 +198,24 @@ class CmaStore:
         await conn.execute(sa.insert(changes).values(entity=entity, entity_id=entity_id, op=op, at=at))
 
     async def changes_since(self, since: int, limit: int) -> list[tuple[int, str, str, str, dict[str, Any] | None]]:
-        """(seq, entity, op, id, item row or None) after ``since``, in order."""
+        """(seq, entity, op, id, item or roster-event row or None) after ``since``, in order."""
         query = (
-            sa.select(changes.c.seq, changes.c.entity, changes.c.op, changes.c.entity_id, *_ITEM_COLUMNS)
+            sa.select(
+                changes.c.seq,
+                changes.c.entity,
+                changes.c.op,
+                changes.c.entity_id,
+                *_ITEM_COLUMNS,
+                roster_events.c.body.label("event_body"),
+                roster_events.c.sig.label("event_sig"),
+            )
             .select_from(
-                changes.outerjoin(
-                    items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id)
-                ).outerjoin(blobs, blobs.c.hash == items.c.content_hash)
+                changes.outerjoin(items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id))
+                .outerjoin(blobs, blobs.c.hash == items.c.content_hash)
+                .outerjoin(
+                    roster_events,
+                    sa.and_(changes.c.entity == "roster", roster_events.c.id == changes.c.entity_id),
+                )
             )
             .where(changes.c.seq > since)
             .order_by(changes.c.seq)
@@ -203,8 +224,10 @@ class CmaStore:
         out = []
         async with self.engine.connect() as conn:
             for row in (await conn.execute(query)).mappings():
-                item = dict(row) if row["op"] == "upsert" and row["id"] is not None else None
-                out.append((row["seq"], row["entity"], row["op"], row["entity_id"], item))
+                payload = None
+                if row["op"] == "upsert" and (row["id"] is not None or row["event_body"] is not None):
+                    payload = dict(row)
+                out.append((row["seq"], row["entity"], row["op"], row["entity_id"], payload))
         return out
 
     async def last_seq(self) -> int:
@@ -232,3 +255,63 @@ class CmaStore:
     async def delete_token_by_hash(self, token_hash: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(sa.delete(api_tokens).where(api_tokens.c.token_hash == token_hash))
+
+    # -- the group network --------------------------------------------------
+    async def list_members(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(members).order_by(members.c.name, members.c.node_id))
+            return [dict(r) for r in rows.mappings()]
+
+    async def roster_events_all(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(roster_events).order_by(roster_events.c.at, roster_events.c.id))
+            return [dict(r) for r in rows.mappings()]
+
+    async def has_roster_event(self, event_id: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(sa.select(roster_events.c.id).where(roster_events.c.id == event_id))
+            return found.first() is not None
+
+    async def add_roster_event(self, event: dict[str, Any], member: dict[str, Any] | None) -> bool:
+        """Store a verified event (once) and, if it is now the latest for its subject, the member state."""
+        async with self.feed_transaction() as conn:
+            seen = await conn.execute(sa.select(roster_events.c.id).where(roster_events.c.id == event["id"]))
+            if seen.first() is not None:
+                return False
+            await conn.execute(sa.insert(roster_events).values(**event))
+            await self._record_change(conn, "roster", event["id"], "upsert", time.time())
+            if member is not None:
+                current = (
+                    await conn.execute(
+                        sa.select(members.c.event_at, members.c.event_id).where(members.c.node_id == member["node_id"])
+                    )
+                ).first()
+                newer = current is None or (member["event_at"], member["event_id"]) > (current[0], current[1])
+                if newer:
+                    await conn.execute(sa.delete(members).where(members.c.node_id == member["node_id"]))
+                    await conn.execute(sa.insert(members).values(**member))
+            return True
+
+    async def touch_member(self, node_id: str, at: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.update(members).where(members.c.node_id == node_id).values(last_seen_at=at))
+
+    async def insert_invite(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(invites).values(**values))
+
+    async def use_invite(self, invite_id: str, check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+        """Atomically check an invite with ``check(row)`` and spend one use; None if unknown."""
+        async with self.feed_transaction() as conn:
+            row = (
+                (await conn.execute(sa.select(invites).where(invites.c.id == invite_id).with_for_update()))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            check(dict(row))
+            await conn.execute(
+                sa.update(invites).where(invites.c.id == invite_id).values(uses_left=invites.c.uses_left - 1)
+            )
+            return dict(row)

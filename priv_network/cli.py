@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -342,8 +343,73 @@ async def cmd_visibility(client: AdminClient, args: argparse.Namespace, out: IO[
 
 async def cmd_sync(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/sync")
+    # A peer that cannot be reached is reported, not a failure of the command:
+    # its rows stay searchable and it is retried with backoff.
     for node_id, changed in result["changed"].items():
-        out.write(f"{node_id}  {changed} changes\n")
+        out.write(f"{node_id}  {changed if isinstance(changed, str) else f'{changed} changes'}\n")
+    return EXIT_OK
+
+
+async def cmd_invite(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/network/invites", {"ttl": args.ttl, "uses": args.uses})
+    out.write(result["token"] + "\n")
+    return EXIT_OK
+
+
+async def cmd_join(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/network/join", {"token": args.token})
+    inviter = result["inviter"]
+    out.write(f"joined the group of {inviter['name']} ({inviter['node_id']}) at {inviter['url']}\n")
+    return EXIT_OK
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    delta = time.time() - ts
+    if delta < 0:
+        return f"in {_span(-delta)}"
+    return f"{_span(delta)} ago"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+async def cmd_peers(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    if getattr(args, "peers_command", None) == "remove":
+        result = await client.delete(f"/api/v1/network/members/{args.id}")
+        out.write(f"removed {result['removed']} from the group\n")
+        return EXIT_OK
+    peers = (await client.get("/api/v1/peers"))["peers"]
+    if args.json:
+        out.write(json.dumps(peers, indent=2) + "\n")
+        return EXIT_OK
+    if not peers:
+        out.write("no peers yet: `priv-network invite` here, then `priv-network join TOKEN` on the other node\n")
+        return EXIT_OK
+    rows = [["NODE ID", "NAME", "URL", "STATE", "LAST SYNC", "ITEMS", "FAILURES", "NEXT RETRY"]]
+    for p in peers:
+        retry = _ago(p["next_retry_at"]) if p["next_retry_at"] else "-"
+        rows.append(
+            [
+                p["node_id"],
+                p["name"],
+                p["url"],
+                "online" if p["online"] else "offline",
+                _ago(p["last_sync_at"]),
+                str(p["items"]),
+                str(p["failures"]),
+                retry,
+            ]
+        )
+    _table(rows, out)
     return EXIT_OK
 
 
@@ -408,6 +474,22 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("sync", help="poll every feed now and wait")
     p.set_defaults(remote=cmd_sync)
+
+    p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
+    p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")
+    p.add_argument("--uses", type=int, default=1, help="how many nodes may join with it (default 1)")
+    p.set_defaults(remote=cmd_invite)
+
+    p = sub.add_parser("join", help="join a group with an invite token")
+    p.add_argument("token", metavar="TOKEN")
+    p.set_defaults(remote=cmd_join)
+
+    p = sub.add_parser("peers", help="list the group's members, or remove one")
+    p.add_argument("--json", action="store_true")
+    psub = p.add_subparsers(dest="peers_command", metavar="ACTION", parser_class=Parser)
+    pr = psub.add_parser("remove", help="remove a member for the whole group")
+    pr.add_argument("id", metavar="ID")
+    p.set_defaults(remote=cmd_peers)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", parser_class=Parser, required=True)

@@ -10,6 +10,7 @@ seconds and bytes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -26,6 +27,7 @@ DATABASE_URL_ENV = "PRIV_NETWORK_DATABASE_URL"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_TOML_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIZE_UNITS = {
     "b": 1,
     "kb": 1000,
@@ -45,7 +47,11 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"not a duration: {value!r} (use a number of seconds >= 0)")
         return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"not a duration: {value!r} (use e.g. 90s, 5m, 24h, 7d)")
     match = _DURATION.match(value)
     if not match:
         raise ConfigError(f"not a duration: {value!r} (use e.g. 90s, 5m, 24h, 7d)")
@@ -57,7 +63,11 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"not a size: {value!r}")
     if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"not a size: {value!r} (use a number of bytes >= 0)")
         return value
+    if not isinstance(value, str):
+        raise ConfigError(f"not a size: {value!r} (use e.g. 500MiB, 10GiB)")
     match = _SIZE.match(value)
     if not match:
         raise ConfigError(f"not a size: {value!r} (use e.g. 500MiB, 10GiB)")
@@ -140,6 +150,17 @@ class SyncSection:
     interval: float = _setting(60.0, "How often the manager polls every peer's changes feed.", "duration")
     jitter: float = _setting(0.2, "Random extra delay, as a fraction of the interval.", "float")
     page_size: int = _setting(1000, "Feed entries fetched per request.", "int")
+    max_concurrent: int = _setting(8, "Peers polled at the same time.", "int")
+    timeout: float = _setting(30.0, "Time limit for one request to a peer.", "duration")
+    backoff_min: float = _setting(5.0, "First retry delay after a peer fails.", "duration")
+    backoff_max: float = _setting(3600.0, "Longest retry delay for a peer that keeps failing.", "duration")
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    signature_window: float = _setting(
+        60.0, "How old (or how far in the future) a signed request may be; clocks must agree this well.", "duration"
+    )
 
 
 @dataclass(frozen=True)
@@ -153,6 +174,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreSection,
     "http": HttpSection,
     "sync": SyncSection,
+    "network": NetworkSection,
     "log": LogSection,
 }
 
@@ -165,6 +187,7 @@ class Config:
     store: StoreSection = field(default_factory=StoreSection)
     http: HttpSection = field(default_factory=HttpSection)
     sync: SyncSection = field(default_factory=SyncSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
     log: LogSection = field(default_factory=LogSection)
 
     @property
@@ -247,8 +270,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"[log] level must be DEBUG, INFO, WARNING or ERROR, not {config.log.level!r}")
     if config.store.hash_workers < 1:
         raise ConfigError("[store] hash_workers must be at least 1")
-    if config.sync.interval <= 0 or config.sync.page_size < 1:
-        raise ConfigError("[sync] interval and page_size must be positive")
+    if config.sync.interval <= 0 or config.sync.page_size < 1 or config.sync.max_concurrent < 1:
+        raise ConfigError("[sync] interval, page_size and max_concurrent must be positive")
+    if not 0 < config.sync.backoff_min <= config.sync.backoff_max:
+        raise ConfigError("[sync] backoff_min must be positive and at most backoff_max")
+    if config.network.signature_window < 5:
+        raise ConfigError("[network] signature_window must be at least 5s")
 
 
 def load_config(data_dir: Path) -> Config:
@@ -272,6 +299,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    # TOML basic strings may not hold raw control characters (tab excepted).
+    escaped = _TOML_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped)
     return f'"{escaped}"'
 
 

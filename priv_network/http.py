@@ -11,20 +11,27 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from priv_network.errors import BadRequest, Forbidden, InvalidInput, PrivNetworkError, Unauthorized
 from priv_network.interfaces import Principal
-from priv_network.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, SESSION_COOKIE
+from priv_network.keys import AUTHENTICATOR, FEDERATION_GATE, PEER, PRINCIPAL, REQUEST_ID, SESSION_COOKIE
 
 log = logging.getLogger("priv_network.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ResponseT = TypeVar("ResponseT", bound=web.StreamResponse)
 
-PUBLIC_PREFIXES = ("/healthz", "/federation/v1/node", "/static/", "/login", "/favicon.ico")
+# Federation endpoints anyone may call: the public identity document, and the
+# join request (signed too, but with the joiner's own key, checked by its handler).
+# Roster announcements need no request signature either: every event in them
+# is signed by a member and checked on its own.
+UNSIGNED_FEDERATION = ("/federation/v1/node", "/federation/v1/join", "/federation/v1/roster")
+_KEYID = re.compile(r'keyid="([^"]{1,64})"')
 MAX_JSON_BODY = 1024 * 1024
 
 
@@ -35,13 +42,14 @@ def _is_machine_path(path: str) -> bool:
 def error_response(request: web.Request, status: int, code: str, message: str) -> web.Response:
     if _is_machine_path(request.path) or "application/json" in request.headers.get("Accept", ""):
         body = {"error": {"code": code, "message": message}}
-        return web.json_response(body, status=status)
+        return add_security_headers(web.json_response(body, status=status))
     page = (
         f"<!doctype html><html lang=en><meta charset=utf-8><title>{status} · priv_network</title>"
         f"<link rel=stylesheet href=/static/style.css><main class=error><h1>{status}</h1><p>{html.escape(message)}</p>"
         "<p><a href=/>Back to the start page</a></p></main></html>"
     )
-    return web.Response(text=page, status=status, content_type="text/html")
+    # Built outside security_headers_middleware (which an exception skips), so the headers are added here.
+    return add_security_headers(web.Response(text=page, status=status, content_type="text/html"))
 
 
 @web.middleware
@@ -115,14 +123,10 @@ def require_admin(request: web.Request) -> Principal:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (read once and cached, so signatures can cover the same bytes)."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise BadRequest("request body too large")
-    try:
-        raw = await request.content.read(MAX_JSON_BODY + 1)
-    except ValueError:
-        raise BadRequest("cannot read request body") from None
-    if len(raw) > MAX_JSON_BODY:
-        raise BadRequest("request body too large")
+    raw = await request.read()
     try:
         data = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -147,7 +151,10 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
 
 @web.middleware
 async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+    return add_security_headers(await handler(request))
+
+
+def add_security_headers(response: ResponseT) -> ResponseT:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     if response.content_type == "text/html":
@@ -156,3 +163,38 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
             "default-src 'self'; img-src 'self' data:; media-src 'self'; frame-ancestors 'none'; base-uri 'none'",
         )
     return response
+
+
+@web.middleware
+async def federation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verify every signed federation request before any handler runs.
+
+    Handlers get the authenticated peer's node ID as ``request[PEER]``; they
+    never look at signature headers themselves.
+    """
+    if request.path.startswith("/federation/") and request.path not in UNSIGNED_FEDERATION:
+        gate = request.app[FEDERATION_GATE]
+        body = await request.read()
+        try:
+            peer = gate.verify(request.method, gate.own_url + request.raw_path, request.headers, body)
+        except Unauthorized as exc:
+            claimed = _KEYID.search(request.headers.get("Signature-Input", ""))
+            log.warning(
+                "refused %s %s from %s (%s): %s",
+                request.method,
+                request.path,
+                claimed.group(1) if claimed else "an unsigned sender",
+                request.remote,
+                exc.message,
+            )
+            raise
+        request[PEER] = peer
+        await gate.peer_seen(peer)
+    return await handler(request)
+
+
+def peer_of(request: web.Request) -> str:
+    peer = request.get(PEER)
+    if peer is None:
+        raise Unauthorized("request is not signed")
+    return peer

@@ -7,8 +7,9 @@ mod-32 check character, groups joined by dashes::
 
     MFRGGZD-XXXXXXX-XXXXXXX-XXXXXXX   (each group + 1 check char: 8 chars)
 
-A typo in any single character, or two swapped neighbours, is caught by the
-check characters before anything is looked up.
+A typo in any single character, or two swapped neighbours (but for the pair
+A/7, Luhn's analogue of 0/9), is caught by the check characters before
+anything is looked up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -36,11 +37,17 @@ _NODE_ID_RE = re.compile(r"^[A-Z2-7]{32}$")
 
 
 def _luhn32(chars: str) -> str:
-    """Luhn mod N check character over base32 (as Syncthing's luhnBase32)."""
-    factor = 1
+    """Luhn mod N check character over base32.
+
+    Weights run from the right, starting at 2, as in the textbook algorithm.
+    (Syncthing's luhnBase32 starts at 1 from the left: with 7 characters the
+    last one then has weight 1, like the check character, so swapping those
+    two always passes the check.)
+    """
+    factor = 2
     total = 0
     n = len(_B32)
-    for ch in chars:
+    for ch in reversed(chars):
         addend = factor * _B32.index(ch)
         factor = 1 if factor == 2 else 2
         addend = addend // n + addend % n
@@ -144,8 +151,10 @@ class NodeIdentity:
             raise ConfigError(f"the node key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             raise ConfigError(f"the node key {path} is not a valid PEM private key") from None
+        except TypeError:  # cryptography's way of saying "encrypted, and no password given"
+            raise ConfigError(f"the node key {path} is encrypted; the node needs it unencrypted") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"the node key {path} is not an Ed25519 key")
         return cls(key)

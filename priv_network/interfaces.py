@@ -8,12 +8,12 @@ its own process behind the same protocol, served over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from priv_network.wire import FeedPage, ItemInfo
+from priv_network.wire import FeedPage, ItemInfo, RosterEvent
 
 # Called by the CMA after any change to its feed; the manager uses it to pull
 # the node's own feed into the registry at once.
@@ -111,3 +111,29 @@ class SearchService(Protocol):
     async def recent(self, limit: int, filters: SearchFilters | None = None) -> Sequence[SearchHit]: ...
 
     async def sync_all(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A member node as the manager needs it: who, and where to poll."""
+
+    node_id: str
+    name: str
+    url: str
+
+
+class PeerDirectory(Protocol):
+    """The CMA's roster, as the manager sees it."""
+
+    async def active_peers(self) -> list[Peer]: ...
+
+    async def apply_roster_events(self, events: Sequence[RosterEvent], source: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class FederationGate:
+    """What the signature middleware needs: a verifier, this node's URL, and whom to tell."""
+
+    verify: Callable[[str, str, Mapping[str, str], bytes], str]
+    own_url: str
+    peer_seen: Callable[[str], Awaitable[None]]

@@ -10,20 +10,30 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.api import FederationApi, ItemsApi
+from node.api import FederationApi, ItemsApi, NetworkApi
 from node.blobs import BlobStore
+from node.network import Network
 from node.service import ContentManager
 from node.store import CmaStore
-from priv_network import db
+from priv_network import __version__, db
 from priv_network.config import Config
 from priv_network.errors import PrivNetworkError
-from priv_network.http import auth_middleware, error_middleware, security_headers_middleware
+from priv_network.http import (
+    auth_middleware,
+    error_middleware,
+    federation_middleware,
+    security_headers_middleware,
+)
 from priv_network.identity import NodeIdentity
-from priv_network.keys import AUTHENTICATOR, CONFIG
+from priv_network.interfaces import FederationGate
+from priv_network.keys import AUTHENTICATOR, CONFIG, FEDERATION_GATE
+from priv_network.peerclient import PeerClient
+from priv_network.signing import Signer, Verifier
 from priv_network.wire import FeedPage
 from registry.api import SearchApi
 from registry.service import Registry
@@ -53,8 +63,9 @@ class Node:
         self.engine = engine or db.create_engine(config.database_url)
         self.executor = ThreadPoolExecutor(max_workers=config.store.hash_workers + 2, thread_name_prefix="pn-worker")
         self.blobs = BlobStore(config.store_path, config.store.block_size, config.store.min_free)
+        self.cma_store = CmaStore(self.engine)
         self.cma = ContentManager(
-            store=CmaStore(self.engine),
+            store=self.cma_store,
             blobs=self.blobs,
             executor=self.executor,
             node_id=identity.node_id,
@@ -62,15 +73,32 @@ class Node:
             node_url=config.node.public_url,
             hash_workers=config.store.hash_workers,
         )
+        self.network = Network(
+            store=self.cma_store,
+            identity=identity,
+            name=config.node.name,
+            url=config.node.public_url,
+            notify=self.cma.notify_changed,
+        )
         self.registry = Registry(
             store=RegistryStore(self.engine),
             own=LocalCatalog(self.cma),
+            directory=self.network,
             node_id=identity.node_id,
             name=config.node.name,
             url=config.node.public_url,
             page_size=config.sync.page_size,
+            max_concurrent=config.sync.max_concurrent,
+            backoff_min=config.sync.backoff_min,
+            backoff_max=config.sync.backoff_max,
         )
-        self.cma.add_listener(self.registry.sync_self)
+        self.cma.add_listener(self.registry.on_local_change)
+        self.signer = Signer(identity)
+        self.verifier = Verifier(self.network.public_key_for, window=config.network.signature_window)
+
+    async def peer_seen(self, node_id: str) -> None:
+        await self.network.peer_seen(node_id)
+        await self.registry.peer_seen(node_id)
 
     async def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -95,11 +123,14 @@ async def _healthz(request: web.Request) -> web.Response:
 def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False) -> web.Application:
     node = Node(config, identity)
     app = web.Application(
-        middlewares=[error_middleware, security_headers_middleware, auth_middleware],
+        middlewares=[error_middleware, security_headers_middleware, federation_middleware, auth_middleware],
         client_max_size=1024**2,
     )
     app[CONFIG] = config
     app[AUTHENTICATOR] = node.cma
+    app[FEDERATION_GATE] = FederationGate(
+        verify=node.verifier.verify, own_url=config.node.public_url, peer_seen=node.peer_seen
+    )
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -113,10 +144,22 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         await node.close()
         log.info("database closed")
 
+    async def http_client(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(
+            headers={"User-Agent": f"priv_network/{__version__}"},
+            connector=aiohttp.TCPConnector(limit=64, limit_per_host=8),
+        ) as session:
+            client = PeerClient(session, node.signer, timeout=config.sync.timeout)
+            node.network.set_client(client)
+            node.registry.set_client(client)
+            yield
+
     async def services(app: web.Application) -> AsyncIterator[None]:
         await node.cma.start()
+        await node.network.start()
         await node.registry.start()
         yield
+        await node.registry.close()
 
     async def scheduler(app: web.Application) -> AsyncIterator[None]:
         sched = AsyncIOScheduler()
@@ -124,7 +167,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
         async def sync_job() -> None:
             try:
-                changed = await node.registry.sync_all()
+                changed = await node.registry.sync_all(force=False)
                 log.debug("sync round done: %s", changed)
             except PrivNetworkError as exc:
                 log.warning("sync round failed: %s", exc.message)
@@ -147,10 +190,11 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         yield
         sched.shutdown(wait=False)
 
-    app.cleanup_ctx.extend([database, services, scheduler])
+    app.cleanup_ctx.extend([database, http_client, services, scheduler])
     for routes in (
         ItemsApi(node.cma).routes(),
-        FederationApi(node.cma, identity).routes(),
+        FederationApi(node.cma, node.network, identity, node.verifier.verify).routes(),
+        NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),
         Pages(node.registry, node.cma, config.node.name).routes(),
     ):

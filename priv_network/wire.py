@@ -6,6 +6,7 @@ rejected as a whole (``InvalidInput``), never half-applied.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -93,20 +94,81 @@ class ItemInfo:
         return info
 
 
+ROSTER_TYPES = ("add", "remove")
+NODE_ID_RE = re.compile(r"^[A-Z2-7]{8}(-[A-Z2-7]{8}){3}$")
+EVENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class RosterEvent:
+    """A signed statement about group membership: ``signer`` adds or removes ``subject``.
+
+    The signature is Ed25519 over :meth:`signing_bytes` (canonical JSON of
+    every field but ``sig``). Any node can check it with the signer's key,
+    so events can be gossiped through any member's feed.
+    """
+
+    id: str
+    type: str
+    subject: str
+    name: str
+    url: str
+    public_key: str
+    signer: str
+    at: float
+    sig: str = ""
+
+    def signing_bytes(self) -> bytes:
+        body = {k: v for k, v in asdict(self).items() if k != "sig"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> RosterEvent:
+        if not isinstance(data, dict):
+            raise InvalidInput("roster event must be an object")
+        try:
+            event = cls(
+                id=_str(data, "id"),
+                type=_str(data, "type"),
+                subject=_str(data, "subject"),
+                name=_str(data, "name"),
+                url=_str(data, "url"),
+                public_key=_str(data, "public_key"),
+                signer=_str(data, "signer"),
+                at=_num(data, "at"),
+                sig=_str(data, "sig"),
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"roster event is missing field {exc.args[0]!r}") from None
+        if event.type not in ROSTER_TYPES or not EVENT_ID_RE.match(event.id):
+            raise InvalidInput("bad roster event type or id")
+        if not NODE_ID_RE.match(event.subject) or not NODE_ID_RE.match(event.signer):
+            raise InvalidInput("bad node ID in roster event")
+        if len(event.name) > 200 or len(event.url) > 500 or len(event.public_key) > 64 or len(event.sig) > 128:
+            raise InvalidInput("roster event field too long")
+        return event
+
+
 @dataclass(frozen=True)
 class FeedEntry:
-    """One change: an item upserted or deleted (more entity kinds come with later issues)."""
+    """One change: an item upserted or deleted, or a roster event."""
 
     seq: int
     entity: str
     op: str
     id: str
     item: ItemInfo | None = None
+    event: RosterEvent | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "entity": self.entity, "op": self.op, "id": self.id}
         if self.item is not None:
             out["item"] = self.item.to_json()
+        if self.event is not None:
+            out["event"] = self.event.to_json()
         return out
 
     @classmethod
@@ -117,6 +179,13 @@ class FeedEntry:
             seq, entity, op, ident = _int(data, "seq"), _str(data, "entity"), _str(data, "op"), _str(data, "id")
         except KeyError as exc:
             raise InvalidInput(f"feed entry is missing field {exc.args[0]!r}") from None
+        if entity == "roster":
+            if op != "upsert" or "event" not in data:
+                raise InvalidInput("roster entries carry an event")
+            event = RosterEvent.from_json(data["event"])
+            if event.id != ident:
+                raise InvalidInput("feed entry id does not match its event")
+            return cls(seq=seq, entity=entity, op=op, id=ident, event=event)
         if entity != "item":
             raise InvalidInput(f"unknown feed entity {entity[:20]!r}")
         if op not in ("upsert", "delete"):

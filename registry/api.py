@@ -55,6 +55,7 @@ class SearchApi:
         return [
             web.get("/api/v1/search", self.search),
             web.post("/api/v1/sync", self.sync),
+            web.get("/api/v1/peers", self.peers),
         ]
 
     async def search(self, request: web.Request) -> web.Response:
@@ -70,4 +71,8 @@ class SearchApi:
 
     async def sync(self, request: web.Request) -> web.Response:
         require_admin(request)
-        return web.json_response({"changed": await self.registry.sync_all()})
+        return web.json_response({"changed": await self.registry.sync_all(force=True)})
+
+    async def peers(self, request: web.Request) -> web.Response:
+        principal_of(request)
+        return web.json_response({"peers": await self.registry.peers()})

@@ -1,13 +1,24 @@
-"""The content manager: keeps the registry in step with every node's feed, and searches it."""
+"""The content manager: keeps the registry in step with every node's feed, and searches it.
+
+One sync round polls this node's own feed and every member's, each from its
+stored cursor. A page is applied whole or not at all; a failure never
+deletes anything, it marks the peer offline and backs it off (exponential,
+with jitter, stored in the database), and any valid signed request from
+that peer resets the backoff at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
+from typing import Any
 
 from priv_network.errors import InvalidInput, PrivNetworkError
-from priv_network.interfaces import CatalogSource, SearchFilters, SearchHit
-from priv_network.wire import ItemInfo
+from priv_network.interfaces import CatalogSource, Peer, PeerDirectory, SearchFilters, SearchHit
+from priv_network.peerclient import PeerClient
+from priv_network.wire import FeedPage, ItemInfo
 from registry.search import Hit
 from registry.store import RegistryStore
 
@@ -16,29 +27,148 @@ log = logging.getLogger(__name__)
 MAX_SEARCH_LIMIT = 200
 
 
+class RemoteCatalog:
+    """A member's changes feed, fetched with a signed request."""
+
+    def __init__(self, client: PeerClient, peer: Peer) -> None:
+        self.client = client
+        self.peer = peer
+        self.node_id = peer.node_id
+
+    async def fetch_changes(self, since: int, limit: int) -> FeedPage:
+        data = await self.client.get(self.peer.url, f"/federation/v1/catalog?since={since}&limit={limit}")
+        page = FeedPage.from_json(data, limit=limit)
+        if page.node != self.peer.node_id:
+            raise InvalidInput(f"{self.peer.url} answered with the feed of another node ({page.node})")
+        if page.since != since:
+            raise InvalidInput(f"{self.peer.url} answered from cursor {page.since}, not {since}")
+        return page
+
+
 class Registry:
     def __init__(
-        self, *, store: RegistryStore, own: CatalogSource, node_id: str, name: str, url: str, page_size: int
+        self,
+        *,
+        store: RegistryStore,
+        own: CatalogSource,
+        directory: PeerDirectory,
+        node_id: str,
+        name: str,
+        url: str,
+        page_size: int,
+        max_concurrent: int = 8,
+        backoff_min: float = 5.0,
+        backoff_max: float = 3600.0,
     ) -> None:
         self._store = store
         self._own = own
+        self._directory = directory
         self.node_id = node_id
         self._name = name
         self._url = url
         self._page_size = page_size
+        self._max_concurrent = max_concurrent
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._client: PeerClient | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._round = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._known: set[str] = set()
+
+    def set_client(self, client: PeerClient) -> None:
+        self._client = client
 
     async def start(self) -> None:
         await self._store.ensure_source(self.node_id, self._name, self._url)
-        await self.sync_self()
+        self._known = {p.node_id for p in await self._directory.active_peers()}
+        await self.on_local_change()
 
-    async def sync_self(self) -> None:
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def on_local_change(self) -> None:
+        """This node's feed changed (items, or the roster): follow it at once.
+
+        Members that are new to this node are polled right away in the
+        background, so a join is visible in search without waiting a round.
+        """
+        peers = await self._directory.active_peers()
+        await self._store.reconcile_sources(self.node_id, peers)
         await self.sync_source(self._own)
+        new = [p for p in peers if p.node_id not in self._known]
+        self._known = {p.node_id for p in peers}
+        if new:
+            self._poll_soon(new)
 
-    async def sync_all(self) -> dict[str, int]:
-        return {self.node_id: await self.sync_source(self._own)}
+    def _poll_soon(self, peers: list[Peer]) -> None:
+        if self._client is None or not peers:
+            return
 
-    async def sync_source(self, source: CatalogSource) -> int:
+        async def poll_all() -> None:
+            for peer in peers:
+                await self.poll_peer(peer)
+
+        task = asyncio.create_task(poll_all(), name="poll peers now")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def sync_self(self) -> int:
+        return await self.sync_source(self._own)
+
+    # -- polling ------------------------------------------------------------
+    def _backoff(self, failures: int) -> float:
+        delay = min(self._backoff_max, self._backoff_min * 2 ** min(failures, 30))
+        return delay * (0.5 + random.random() / 2)
+
+    async def sync_all(self, *, force: bool = True) -> dict[str, Any]:
+        """One round: this node, then every member (those backed off only if ``force``)."""
+        async with self._round:
+            results: dict[str, Any] = {self.node_id: await self.sync_self()}
+            polled: set[str] = set()
+            while True:
+                peers = await self._directory.active_peers()
+                await self._store.reconcile_sources(self.node_id, peers)
+                due = [p for p in peers if p.node_id not in polled and (force or await self._is_due(p))]
+                if not due:
+                    break
+
+                async def poll(peer: Peer, sem: asyncio.Semaphore) -> None:
+                    async with sem:
+                        results[peer.node_id] = await self.poll_peer(peer)
+
+                polled.update(p.node_id for p in due)
+                sem = asyncio.Semaphore(self._max_concurrent)
+                await asyncio.gather(*(poll(p, sem) for p in due))
+                # Members learned during this round are polled in the same round.
+            return results
+
+    async def _is_due(self, peer: Peer) -> bool:
+        state = await self._store.get_source(peer.node_id)
+        return state is None or state["next_retry_at"] is None or state["next_retry_at"] <= time.time()
+
+    async def poll_peer(self, peer: Peer) -> int | str:
+        """Sync one peer; returns the number of changes, or the error that stopped it."""
+        assert self._client is not None, "Registry.set_client() not called"
+        try:
+            return await self.sync_source(RemoteCatalog(self._client, peer), remote=True)
+        except PrivNetworkError as exc:
+            state = await self._store.get_source(peer.node_id)
+            failures = int(state["failures"]) if state else 0
+            delay = self._backoff(failures)
+            await self._store.record_failure(peer.node_id, exc.message, time.time() + delay)
+            log.warning("sync with %s (%s) failed: %s; retry in %.0fs", peer.name, peer.node_id, exc.message, delay)
+            return f"error: {exc.message}"
+
+    async def peer_seen(self, node_id: str) -> None:
+        """A valid signed request arrived from ``node_id``: it is up, stop backing it off."""
+        if await self._store.reset_backoff(node_id):
+            log.info("%s is back; backoff reset, polling it now", node_id)
+            self._poll_soon([p for p in await self._directory.active_peers() if p.node_id == node_id])
+
+    async def sync_source(self, source: CatalogSource, *, remote: bool = False) -> int:
         """Pull ``source``'s feed from its cursor; each page is applied whole or not at all."""
         lock = self._locks.setdefault(source.node_id, asyncio.Lock())
         async with lock:
@@ -50,12 +180,7 @@ class Registry:
             changed = 0
             reset = False
             while True:
-                try:
-                    page = await source.fetch_changes(cursor, self._page_size)
-                except InvalidInput as exc:
-                    log.warning("feed of %s rejected: %s", source.node_id, exc.message)
-                    await self._store.record_failure(source.node_id, exc.message, None)
-                    raise
+                page = await source.fetch_changes(cursor, self._page_size)
                 if feed_id is not None and page.feed_id != feed_id:
                     # The feed was rebuilt: start over from its beginning; the
                     # first page of the new feed replaces this node's rows.
@@ -64,6 +189,10 @@ class Registry:
                     if cursor != 0:
                         cursor = 0
                         continue
+                if remote:
+                    events = [e.event for e in page.entries if e.event is not None]
+                    if events:
+                        await self._directory.apply_roster_events(events, source.node_id)
                 changed += await self._store.apply_page(source.node_id, page, reset=reset)
                 reset = False
                 feed_id = page.feed_id
@@ -71,6 +200,7 @@ class Registry:
                 if not page.more:
                     return changed
 
+    # -- reading ------------------------------------------------------------
     def _hit(self, hit: Hit) -> SearchHit:
         row = hit.row
         item = ItemInfo(
@@ -102,3 +232,24 @@ class Registry:
 
     async def recent(self, limit: int = 50, filters: SearchFilters | None = None) -> list[SearchHit]:
         return [self._hit(h) for h in await self._store.recent(max(1, min(limit, MAX_SEARCH_LIMIT)), filters)]
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """Every member with its sync state, for `peers` and the network page."""
+        counts = await self._store.item_counts()
+        out = []
+        for peer in await self._directory.active_peers():
+            state = await self._store.get_source(peer.node_id) or {}
+            out.append(
+                {
+                    "node_id": peer.node_id,
+                    "name": peer.name,
+                    "url": peer.url,
+                    "online": bool(state.get("online", False)) and state.get("last_sync_at") is not None,
+                    "last_sync_at": state.get("last_sync_at"),
+                    "items": counts.get(peer.node_id, 0),
+                    "failures": int(state.get("failures", 0) or 0),
+                    "next_retry_at": state.get("next_retry_at"),
+                    "last_error": state.get("last_error"),
+                }
+            )
+        return out

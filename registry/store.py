@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from priv_network.interfaces import SearchFilters
+from priv_network.interfaces import Peer, SearchFilters
 from priv_network.wire import FeedPage, ItemInfo
 from registry.models import entries, sources
 from registry.search import Hit, backend_for, normalize, query_words
@@ -148,3 +149,38 @@ class RegistryStore:
                     Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online")))
                 )
             return out
+
+    async def reconcile_sources(self, own: str, peers: Sequence[Peer]) -> list[str]:
+        """Make the sources the active members (plus this node); drop everyone else and their rows."""
+        wanted = {p.node_id: p for p in peers}
+        dropped = []
+        async with self.engine.begin() as conn:
+            existing = {r[0] for r in await conn.execute(sa.select(sources.c.node_id))}
+            for node_id in existing - set(wanted) - {own}:
+                old = [r[0] for r in await conn.execute(sa.select(entries.c.id).where(entries.c.node_id == node_id))]
+                await self.search_backend.unindex(conn, old)
+                await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
+                await conn.execute(sa.delete(sources).where(sources.c.node_id == node_id))
+                dropped.append(node_id)
+            for peer in wanted.values():
+                stmt = self._insert(sources).values(node_id=peer.node_id, name=peer.name, url=peer.url)
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[sources.c.node_id], set_={"name": peer.name, "url": peer.url}
+                    )
+                )
+        return dropped
+
+    async def reset_backoff(self, node_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(sources)
+                .where(sources.c.node_id == node_id, sa.or_(sources.c.failures > 0, sources.c.online.is_(False)))
+                .values(failures=0, next_retry_at=None, online=True)
+            )
+            return bool(result.rowcount)
+
+    async def item_counts(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(entries.c.node_id, sa.func.count()).group_by(entries.c.node_id))
+            return {r[0]: int(r[1]) for r in rows}

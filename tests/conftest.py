@@ -151,6 +151,7 @@ class Cli:
         return subprocess.run(
             [sys.executable, "-m", "priv_network", "--data", str(self.data), *args],
             capture_output=True,
+            check=False,
             text=True,
             env=self.env,
             input=input,

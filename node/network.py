@@ -1,0 +1,366 @@
+"""The group network as the CMA keeps it: invites, joins, and the signed roster.
+
+Membership is a set of signed roster events (``add``/``remove``), each
+signed by a member; the latest event (by time, then ID) about a node decides
+whether it is a member. Every node also signs an ``add`` of itself, so its
+key and address travel with the roster to nodes that never met it. Events
+are stored once and published in the changes feed, so they spread with the
+catalog: within one sync round every member learns every other member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from node.store import CmaStore
+from priv_network.errors import Conflict, Forbidden, InvalidInput, NotFound, PrivNetworkError
+from priv_network.identity import (
+    NodeIdentity,
+    PublicIdentity,
+    b64u,
+    b64u_decode,
+    node_id_from_public_key,
+    normalize_node_id,
+)
+from priv_network.interfaces import Peer
+from priv_network.peerclient import PeerClient
+from priv_network.wire import RosterEvent
+
+log = logging.getLogger(__name__)
+
+INVITE_PREFIX = "pninv1_"
+MAX_INVITE_USES = 1000
+MAX_INVITE_TTL = 365 * 86400
+
+
+def join_proof(secret: str, invite_id: str, joiner: str, inviter: str) -> str:
+    """Proof of the invite secret, bound to both nodes so it cannot be reused by another joiner."""
+    message = f"priv-network join|{invite_id}|{joiner}|{inviter}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def parse_invite(token: str) -> dict[str, str]:
+    token = token.strip()
+    bad = InvalidInput("not a valid invite token (copy the whole token printed by `priv-network invite`)")
+    if not token.startswith(INVITE_PREFIX) or len(token) > 2000:
+        raise bad
+    try:
+        data = json.loads(b64u_decode(token[len(INVITE_PREFIX) :]))
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(data, dict) or set(data) != {"u", "n", "i", "s"}:
+        raise bad
+    if not all(isinstance(v, str) for v in data.values()):
+        raise bad
+    if not data["u"].startswith(("http://", "https://")) or len(data["i"]) != 32 or len(data["s"]) < 20:
+        raise bad
+    try:
+        data["n"] = normalize_node_id(data["n"])
+    except InvalidInput:
+        raise bad from None
+    return data
+
+
+class Network:
+    def __init__(
+        self,
+        *,
+        store: CmaStore,
+        identity: NodeIdentity,
+        name: str,
+        url: str,
+        notify: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.name = name
+        self.url = url
+        self._notify = notify
+        self._client: PeerClient | None = None
+        self._keys: dict[str, bytes] = {}
+        self._removed: set[str] = set()
+        self._peers: dict[str, Peer] = {}
+
+    def set_client(self, client: PeerClient) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> PeerClient:
+        assert self._client is not None, "Network.set_client() not called"
+        return self._client
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> None:
+        await self._ensure_self_event()
+        await self._reload()
+
+    async def _ensure_self_event(self) -> None:
+        """Sign an ``add`` of this node (again, if its name or URL changed)."""
+        pub = b64u(self.identity.public.public_key)
+        for row in reversed(await self._store.roster_events_all()):
+            if row["subject"] == self.node_id and row["signer"] == self.node_id:
+                body = json.loads(row["body"])
+                if (body["name"], body["url"], body["public_key"]) == (self.name, self.url, pub):
+                    return
+                break
+        event = self._sign(
+            RosterEvent(
+                id=secrets.token_hex(16),
+                type="add",
+                subject=self.node_id,
+                name=self.name,
+                url=self.url,
+                public_key=pub,
+                signer=self.node_id,
+                at=time.time(),
+            )
+        )
+        await self._store.add_roster_event(_event_row(event), None)
+
+    async def _reload(self) -> None:
+        keys, removed, peers = {}, set(), {}
+        for row in await self._store.list_members():
+            if row["active"]:
+                keys[row["node_id"]] = b64u_decode(row["public_key"])
+                peers[row["node_id"]] = Peer(node_id=row["node_id"], name=row["name"], url=row["url"])
+            else:
+                removed.add(row["node_id"])
+        self._keys, self._removed, self._peers = keys, removed, peers
+
+    def _sign(self, event: RosterEvent) -> RosterEvent:
+        sig = b64u(self.identity.sign(event.signing_bytes()))
+        return RosterEvent(**{**event.__dict__, "sig": sig})
+
+    # -- lookups ------------------------------------------------------------
+    def public_key_for(self, node_id: str) -> bytes | None:
+        """Key of an active member (for signature checks); None for anyone else."""
+        return self._keys.get(node_id)
+
+    def is_member(self, node_id: str) -> bool:
+        return node_id in self._keys
+
+    def peer(self, node_id: str) -> Peer | None:
+        return self._peers.get(node_id)
+
+    async def active_peers(self) -> list[Peer]:
+        return list(self._peers.values())
+
+    async def list_members(self) -> list[dict[str, Any]]:
+        return await self._store.list_members()
+
+    async def peer_seen(self, node_id: str) -> None:
+        await self._store.touch_member(node_id, time.time())
+
+    # -- roster events ------------------------------------------------------
+    def _verify_event(self, event: RosterEvent) -> bool | None:
+        """True: valid; False: forged (reject the batch); None: signer unknown yet."""
+        try:
+            sig = b64u_decode(event.sig)
+            subject_key = b64u_decode(event.public_key)
+        except ValueError:
+            return False
+        if event.type == "add" and (len(subject_key) != 32 or node_id_from_public_key(subject_key) != event.subject):
+            return False
+        if event.signer == self.node_id:
+            key: bytes | None = self.identity.public.public_key
+        elif event.signer == event.subject and event.type == "add":
+            # A node introducing itself: fine for a node we have not seen removed.
+            if event.subject in self._removed:
+                return None
+            key = subject_key
+        else:
+            key = self._keys.get(event.signer)
+        if key is None:
+            return None
+        return PublicIdentity.from_public_bytes(key).verify(sig, event.signing_bytes())
+
+    async def apply_roster_events(self, events: Sequence[RosterEvent], source: str) -> int:
+        """Verify and store events (from a join answer or a peer's feed); returns members added."""
+        pending = [e for e in events if not await self._store.has_roster_event(e.id)]
+        added = 0
+        progress = True
+        while pending and progress:
+            progress = False
+            later = []
+            for event in sorted(pending, key=lambda e: (e.at, e.id)):
+                verdict = self._verify_event(event)
+                if verdict is False:
+                    raise InvalidInput(f"roster event {event.id} from {source} has a bad signature")
+                if verdict is None:
+                    later.append(event)
+                    continue
+                was_member = self.is_member(event.subject)
+                member = None
+                if event.subject != self.node_id:
+                    member = {
+                        "node_id": event.subject,
+                        "name": event.name,
+                        "url": event.url,
+                        "public_key": event.public_key,
+                        "active": event.type == "add",
+                        "event_id": event.id,
+                        "event_at": event.at,
+                    }
+                elif event.type == "remove":
+                    log.warning("this node was removed from the group by %s", event.signer)
+                await self._store.add_roster_event(_event_row(event), member)
+                await self._reload()
+                if not was_member and self.is_member(event.subject):
+                    added += 1
+                    log.info("new member %s (%s) via %s", event.name, event.subject, source)
+                progress = True
+            pending = later
+        if pending:
+            log.info("%d roster events from %s wait for their signers to become known", len(pending), source)
+        return added
+
+    # -- invites ------------------------------------------------------------
+    async def create_invite(self, ttl: float, uses: int) -> str:
+        if not 60 <= ttl <= MAX_INVITE_TTL:
+            raise InvalidInput("--ttl must be between 1 minute and 365 days")
+        if not 1 <= uses <= MAX_INVITE_USES:
+            raise InvalidInput(f"--uses must be between 1 and {MAX_INVITE_USES}")
+        invite_id = secrets.token_hex(16)
+        secret = secrets.token_urlsafe(24)
+        now = time.time()
+        await self._store.insert_invite(
+            {"id": invite_id, "secret": secret, "created_at": now, "expires_at": now + ttl, "uses_left": uses}
+        )
+        payload = {"u": self.url, "n": self.node_id, "i": invite_id, "s": secret}
+        return INVITE_PREFIX + b64u(json.dumps(payload, separators=(",", ":")).encode())
+
+    async def accept_join(self, body: dict[str, Any], joiner: PublicIdentity) -> dict[str, Any]:
+        """An invited node asks to join. Its request signature was checked with ``joiner``'s key."""
+        invite_id, proof, node = body.get("invite"), body.get("proof"), body.get("node")
+        if not isinstance(invite_id, str) or not isinstance(proof, str) or not isinstance(node, dict):
+            raise InvalidInput("join needs invite, proof and node")
+        name, url = node.get("name"), node.get("url")
+        if not isinstance(name, str) or not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidInput("join needs the node's name and http(s) URL")
+        if joiner.node_id == self.node_id:
+            raise Conflict("a node cannot join itself")
+        now = time.time()
+
+        def check(row: dict[str, Any]) -> None:
+            expected = join_proof(row["secret"], invite_id, joiner.node_id, self.node_id)
+            if not hmac.compare_digest(expected, proof):
+                raise Forbidden("the invite was not accepted (wrong or tampered secret)")
+            if row["expires_at"] < now:
+                raise Forbidden("this invite has expired")
+            if row["uses_left"] <= 0:
+                raise Forbidden("this invite has been used up")
+
+        if await self._store.use_invite(invite_id, check) is None:
+            raise Forbidden("unknown invite (never made here, or tampered)")
+        event = self._sign(
+            RosterEvent(
+                id=secrets.token_hex(16),
+                type="add",
+                subject=joiner.node_id,
+                name=name[:200],
+                url=url[:500],
+                public_key=b64u(joiner.public_key),
+                signer=self.node_id,
+                at=now,
+            )
+        )
+        await self.apply_roster_events([event], self.node_id)
+        log.info("%s (%s) joined with an invite", name, joiner.node_id)
+        await self._notify()
+        return {"events": [e.to_json() for e in await self.roster()]}
+
+    async def roster(self) -> list[RosterEvent]:
+        return [_row_event(r) for r in await self._store.roster_events_all()]
+
+    async def join(self, token: str) -> dict[str, Any]:
+        """Join the group of the node that made ``token``."""
+        invite = parse_invite(token)
+        inviter_id = invite["n"]
+        if inviter_id == self.node_id:
+            raise InvalidInput("this invite was made by this node; use it on the node that should join")
+        doc = await self.client.get(invite["u"], "/federation/v1/node", signed=False)
+        if not isinstance(doc, dict) or not isinstance(doc.get("public_key"), str):
+            raise InvalidInput(f"{invite['u']} did not answer with a node document")
+        try:
+            key = b64u_decode(doc["public_key"])
+        except ValueError:
+            raise InvalidInput(f"{invite['u']} sent a malformed public key") from None
+        if len(key) != 32 or node_id_from_public_key(key) != inviter_id:
+            raise Forbidden(f"the node at {invite['u']} is not the one that made this invite (node ID mismatch)")
+        body = {
+            "invite": invite["i"],
+            "proof": join_proof(invite["s"], invite["i"], self.node_id, inviter_id),
+            "node": {"node_id": self.node_id, "name": self.name, "url": self.url},
+            "public_key": b64u(self.identity.public.public_key),
+        }
+        answer = await self.client.post(invite["u"], "/federation/v1/join", body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("events"), list):
+            raise InvalidInput(f"{invite['u']} answered the join with garbage")
+        events = [RosterEvent.from_json(e) for e in answer["events"]]
+        added = await self.apply_roster_events(events, inviter_id)
+        if not self.is_member(inviter_id):
+            raise InvalidInput("the inviter's answer did not include its own roster entry")
+        await self._announce(inviter_id, [e for e in events if e.subject == self.node_id])
+        await self._notify()
+        return {"inviter": {"node_id": inviter_id, "name": doc.get("name"), "url": invite["u"]}, "members_added": added}
+
+    async def _announce(self, inviter_id: str, events: list[RosterEvent]) -> None:
+        """Tell every other member about this node now, rather than at their next poll of the inviter."""
+        body = {"events": [e.to_json() for e in events]}
+
+        async def tell(peer: Peer) -> None:
+            try:
+                await self.client.post(peer.url, "/federation/v1/roster", body)
+            except PrivNetworkError as exc:
+                log.info("could not announce this node to %s: %s (it will learn via sync)", peer.name, exc.message)
+
+        await asyncio.gather(*(tell(p) for p in self._peers.values() if p.node_id != inviter_id))
+
+    async def remove_member(self, node_id: str) -> RosterEvent:
+        node_id = normalize_node_id(node_id)
+        if node_id == self.node_id:
+            raise InvalidInput("a node cannot remove itself")
+        rows = {r["node_id"]: r for r in await self._store.list_members()}
+        row = rows.get(node_id)
+        if row is None or not row["active"]:
+            raise NotFound(f"{node_id} is not a member")
+        event = self._sign(
+            RosterEvent(
+                id=secrets.token_hex(16),
+                type="remove",
+                subject=node_id,
+                name=row["name"],
+                url=row["url"],
+                public_key=row["public_key"],
+                signer=self.node_id,
+                at=max(time.time(), row["event_at"] + 0.001),
+            )
+        )
+        await self.apply_roster_events([event], self.node_id)
+        await self._notify()
+        return event
+
+
+def _event_row(event: RosterEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "subject": event.subject,
+        "type": event.type,
+        "signer": event.signer,
+        "at": event.at,
+        "body": json.dumps({k: v for k, v in event.to_json().items() if k != "sig"}, sort_keys=True),
+        "sig": event.sig,
+    }
+
+
+def _row_event(row: dict[str, Any]) -> RosterEvent:
+    return RosterEvent(**json.loads(row["body"]), sig=row["sig"])
