@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from priv_network.config import parse_duration
 from priv_network.errors import ConfigError, InvalidInput, NotFound, Unauthorized
 from priv_network.http import int_param, json_body, peer_of, principal_of, require_admin
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
-from priv_network.interfaces import ContentFile, IngestReport, NodeStatus
+from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
 from priv_network.wire import ItemInfo, RosterEvent
 
 MAX_ANNOUNCED_EVENTS = 16
@@ -87,8 +88,20 @@ def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileRespons
 
 
 class ItemsApi:
-    def __init__(self, cma: ContentManager) -> None:
+    """Items of this node; a peer's items (known from the registry) go through the broker."""
+
+    def __init__(self, cma: ContentManager, broker: ContentBroker | None = None) -> None:
         self.cma = cma
+        self.broker = broker
+
+    async def _is_local(self, item_id: str) -> bool:
+        try:
+            await self.cma.get_item(item_id)
+        except NotFound:
+            if self.broker is None:
+                raise
+            return False
+        return True
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
@@ -126,7 +139,11 @@ class ItemsApi:
         return web.json_response(report_json(report), status=status)
 
     async def get_item(self, request: web.Request) -> web.Response:
-        return web.json_response(item_json(await self.cma.get_item(request.match_info["id"])))
+        item_id = request.match_info["id"]
+        if await self._is_local(item_id):
+            return web.json_response(item_json(await self.cma.get_item(item_id)))
+        assert self.broker is not None
+        return web.json_response(item_json(await self.broker.item(item_id)))
 
     async def update_item(self, request: web.Request) -> web.Response:
         require_admin(request)
@@ -154,14 +171,22 @@ class ItemsApi:
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         principal_of(request)
-        f = await self.cma.content_file(request.match_info["id"])
+        item_id = request.match_info["id"]
+        if not await self._is_local(item_id):
+            assert self.broker is not None
+            return await self.broker.stream(request, item_id)
+        f = await self.cma.content_file(item_id)
         if not f.path.exists():
             raise NotFound("the item's content is missing from the store")
         return file_response(f, immutable=True)
 
     async def poster(self, request: web.Request) -> web.StreamResponse:
         principal_of(request)
-        f = await self.cma.poster_file(request.match_info["id"])
+        item_id = request.match_info["id"]
+        if not await self._is_local(item_id):
+            assert self.broker is not None
+            return await self.broker.poster(item_id)
+        f = await self.cma.poster_file(item_id)
         if not f.path.exists():
             raise NotFound("the poster is missing from the store")
         return file_response(f, immutable=True)
@@ -204,6 +229,8 @@ class FederationApi:
             web.get("/federation/v1/node", self.node_document),
             web.get("/federation/v1/catalog", self.catalog),
             web.get("/federation/v1/content/{id}", self.content),
+            web.get("/federation/v1/manifest/{id}", self.manifest),
+            web.get("/federation/v1/poster/{id}", self.poster),
             web.post("/federation/v1/join", self.join),
             web.post("/federation/v1/roster", self.roster),
         ]
@@ -233,6 +260,22 @@ class FederationApi:
         peer = peer_of(request)
         f = await self.cma.content_file_for(request.match_info["id"], peer)
         return file_response(f, immutable=True)
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        item, blocks = await self.cma.manifest_for(request.match_info["id"], peer_of(request))
+        return web.json_response(
+            {
+                "id": item.id,
+                "block_size": item.block_size,
+                "size": item.size,
+                "manifest_hash": item.manifest_hash,
+                "blocks": base64.b64encode(blocks).decode("ascii"),
+            }
+        )
+
+    async def poster(self, request: web.Request) -> web.StreamResponse:
+        f = await self.cma.poster_file_for(request.match_info["id"], peer_of(request))
+        return file_response(f)
 
     async def join(self, request: web.Request) -> web.Response:
         body = await json_body(request)

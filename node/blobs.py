@@ -25,6 +25,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from priv_network.errors import InsufficientStorage, InvalidInput, PrivNetworkError
+from priv_network.manifest import manifest_hash
 
 _PIPELINE_BUFFERS = 8
 
@@ -37,15 +38,6 @@ class StoredBlob:
     manifest: bytes
     manifest_hash: str
     already_stored: bool
-
-
-def manifest_hash(block_size: int, size: int, manifest: bytes) -> str:
-    """Hash that names a manifest: BLAKE3 over block size, file size and block hashes."""
-    h = blake3()
-    h.update(block_size.to_bytes(8, "big"))
-    h.update(size.to_bytes(8, "big"))
-    h.update(manifest)
-    return h.hexdigest()
 
 
 class BlobStore:

@@ -247,6 +247,22 @@ class ContentManager:
             node=self.node_id, feed_id=self.feed_id, since=since, next=next_cursor, more=more, entries=entries
         )
 
+    async def manifest_for(self, item_id: str, viewer: str) -> tuple[ItemInfo, bytes]:
+        """The block manifest of an item the viewer may see."""
+        item = await self.get_item(item_id)
+        if not visible_to(item.visibility, viewer):
+            raise NotFound(f"no item {item_id}")
+        manifest = await self._store.get_manifest(item.content_hash)
+        if manifest is None:
+            raise NotFound(f"no item {item_id}")
+        return item, manifest
+
+    async def poster_file_for(self, item_id: str, viewer: str) -> ContentFile:
+        item = await self.get_item(item_id)
+        if not visible_to(item.visibility, viewer):
+            raise NotFound(f"no item {item_id}")
+        return await self.poster_file(item_id)
+
     async def content_file_for(self, item_id: str, viewer: str) -> ContentFile:
         """Content for a peer: an item it may not see does not exist for it (404, as unknown)."""
         item = await self.get_item(item_id)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from aiohttp import web
+
 from priv_network.wire import FeedPage, ItemInfo, RosterEvent
 
 # Called by the CMA after any change to its feed; the manager uses it to pull
@@ -137,3 +139,13 @@ class FederationGate:
     verify: Callable[[str, str, Mapping[str, str], bytes], str]
     own_url: str
     peer_seen: Callable[[str], Awaitable[None]]
+
+
+class ContentBroker(Protocol):
+    """The manager's side of watching a peer's item through this node."""
+
+    async def item(self, item_id: str) -> ItemInfo: ...
+
+    async def stream(self, request: web.Request, item_id: str) -> web.StreamResponse: ...
+
+    async def poster(self, item_id: str) -> web.Response: ...

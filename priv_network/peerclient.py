@@ -9,6 +9,8 @@ garbage), so callers can back off without guessing.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -78,6 +80,34 @@ class PeerClient:
                 message = str(data["error"].get("message", message))[:300]
             raise _BY_STATUS.get(status, PeerUnreachable)(message)
         return data
+
+    @asynccontextmanager
+    async def stream(
+        self, base_url: str, path: str, *, headers: dict[str, str] | None = None, read_timeout: float | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A signed GET whose body the caller reads incrementally (content transfers)."""
+        url = join_url(base_url, path)
+        all_headers = dict(headers or {})
+        all_headers.update(self.signer.sign("GET", url, b""))
+        limit = aiohttp.ClientTimeout(
+            total=None, connect=self.timeout.connect, sock_read=read_timeout or self.timeout.total
+        )
+        try:
+            async with self.session.get(URL(url, encoded=True), headers=all_headers, timeout=limit) as resp:
+                if resp.status >= 400:
+                    raw = await resp.content.read(64 * 1024)
+                    message = f"{base_url} answered HTTP {resp.status}"
+                    try:
+                        data = json.loads(raw)
+                        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                            message = str(data["error"].get("message", message))[:300]
+                    except (ValueError, UnicodeDecodeError):
+                        pass
+                    raise _BY_STATUS.get(resp.status, PeerUnreachable)(message)
+                yield resp
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, OSError) as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise PeerUnreachable(f"transfer from {base_url} failed: {reason}") from None
 
     async def get(self, base_url: str, path: str, *, signed: bool = True) -> Any:
         return await self.request_json("GET", base_url, path, signed=signed)

@@ -38,6 +38,7 @@ from priv_network.wire import FeedPage
 from registry.api import SearchApi
 from registry.service import Registry
 from registry.store import RegistryStore
+from registry.transfer import Broker
 from webapp.views import Pages
 
 log = logging.getLogger("priv_network.server")
@@ -80,8 +81,9 @@ class Node:
             url=config.node.public_url,
             notify=self.cma.notify_changed,
         )
+        self.registry_store = RegistryStore(self.engine)
         self.registry = Registry(
-            store=RegistryStore(self.engine),
+            store=self.registry_store,
             own=LocalCatalog(self.cma),
             directory=self.network,
             node_id=identity.node_id,
@@ -91,6 +93,12 @@ class Node:
             max_concurrent=config.sync.max_concurrent,
             backoff_min=config.sync.backoff_min,
             backoff_max=config.sync.backoff_max,
+        )
+        self.broker = Broker(
+            store=self.registry_store,
+            node_id=identity.node_id,
+            to_item=self.registry.to_item,
+            penalize=self.registry.penalize,
         )
         self.cma.add_listener(self.registry.on_local_change)
         self.signer = Signer(identity)
@@ -152,6 +160,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             client = PeerClient(session, node.signer, timeout=config.sync.timeout)
             node.network.set_client(client)
             node.registry.set_client(client)
+            node.broker.set_client(client)
             yield
 
     async def services(app: web.Application) -> AsyncIterator[None]:
@@ -192,7 +201,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
     app.cleanup_ctx.extend([database, http_client, services, scheduler])
     for routes in (
-        ItemsApi(node.cma).routes(),
+        ItemsApi(node.cma, node.broker).routes(),
         FederationApi(node.cma, node.network, identity, node.verifier.verify).routes(),
         NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),

@@ -39,6 +39,8 @@ entries = sa.Table(
     sa.Column("width", sa.Integer),
     sa.Column("height", sa.Integer),
     sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("block_size", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("manifest_hash", sa.String(64), nullable=False, server_default=""),
     sa.Column("has_poster", sa.Boolean, nullable=False),
     sa.Column("visibility", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),

@@ -14,8 +14,9 @@ Ranking is tiered, so that it stays fast on a million rows:
    two-letter prefix (hundreds of thousands of rows) before the LIMIT; the
    index instead walks them in row order and stops at the LIMIT.
 
-On PostgreSQL a trigram similarity search is the fallback when the
-full-text query finds nothing (typos).
+On PostgreSQL a trigram search is the fallback when the full-text query
+finds nothing (typos): each query word must be close to a whole word of the
+title (strict word similarity), so words stay AND-ed.
 """
 
 from __future__ import annotations
@@ -172,13 +173,13 @@ class PostgresSearch:
                 query = query.where(entries.c.id.not_in(seen))
             hits = hits + _hits(await conn.execute(query.order_by(entries.c.id.desc()).limit(limit - len(hits))))
         if not hits and len(" ".join(words)) >= 3:
-            text = " ".join(words)
+            # Typos: every word (AND, as above) must be close to a whole word of
+            # the title. Comparing the whole query with the whole title instead
+            # let "spider amelie" find "Amélie" alone.
+            close = [entries.c.search_text.op("%>>")(w) for w in words]
+            score = sum((sa.func.strict_word_similarity(w, entries.c.search_text) for w in words), sa.literal(0.0))
             hits = _hits(
-                await conn.execute(
-                    base.where(entries.c.search_text.op("%")(text))
-                    .order_by(sa.func.similarity(entries.c.search_text, text).desc())
-                    .limit(limit)
-                )
+                await conn.execute(base.where(*close).order_by(score.desc(), entries.c.id.desc()).limit(limit))
             )
         return hits
 

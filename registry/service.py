@@ -200,10 +200,17 @@ class Registry:
                 if not page.more:
                     return changed
 
+    async def penalize(self, node_id: str, reason: str) -> None:
+        """A peer misbehaved in a transfer: log it and back it off like a failed poll."""
+        state = await self._store.get_source(node_id)
+        failures = int(state["failures"]) if state else 0
+        delay = self._backoff(failures)
+        log.warning("peer %s %s; backing it off for %.0fs", node_id, reason, delay)
+        await self._store.record_failure(node_id, reason, time.time() + delay)
+
     # -- reading ------------------------------------------------------------
-    def _hit(self, hit: Hit) -> SearchHit:
-        row = hit.row
-        item = ItemInfo(
+    def to_item(self, row: dict[str, Any]) -> ItemInfo:
+        return ItemInfo(
             id=row["item_id"],
             node=row["node_id"],
             title=row["title"],
@@ -211,8 +218,8 @@ class Registry:
             mime=row["mime"],
             size=int(row["size"]),
             content_hash=row["content_hash"],
-            block_size=0,
-            manifest_hash="",
+            block_size=int(row["block_size"]),
+            manifest_hash=row["manifest_hash"],
             has_poster=bool(row["has_poster"]),
             visibility=row["visibility"],
             created_at=float(row["created_at"]),
@@ -221,6 +228,10 @@ class Registry:
             width=row["width"],
             height=row["height"],
         )
+
+    def _hit(self, hit: Hit) -> SearchHit:
+        row = hit.row
+        item = self.to_item(row)
         local = row["node_id"] == self.node_id
         return SearchHit(item=item, online=hit.online or local, node_name=hit.source_name, local=local)
 

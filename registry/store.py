@@ -80,6 +80,8 @@ class RegistryStore:
                     "width": item.width,
                     "height": item.height,
                     "content_hash": item.content_hash,
+                    "block_size": item.block_size,
+                    "manifest_hash": item.manifest_hash,
                     "has_poster": item.has_poster,
                     "visibility": item.visibility,
                     "created_at": item.created_at,
@@ -184,3 +186,23 @@ class RegistryStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(entries.c.node_id, sa.func.count()).group_by(entries.c.node_id))
             return {r[0]: int(r[1]) for r in rows}
+
+    async def entry_by_item(self, item_id: str) -> Hit | None:
+        """The registry row for an item ID, with its owner's name and state."""
+        query = (
+            sa.select(
+                *entries.c,
+                sources.c.name.label("source_name"),
+                sources.c.online.label("source_online"),
+                sources.c.url.label("source_url"),
+            )
+            .select_from(entries.join(sources, sources.c.node_id == entries.c.node_id))
+            .where(entries.c.item_id == item_id)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        data = dict(row)
+        return Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online")))

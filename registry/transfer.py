@@ -1,0 +1,175 @@
+"""Brokered transfers: a member watches a peer's item through its own node.
+
+The broker asks the owner for whole blocks covering the requested range
+(signed request, HTTP Range), checks each block's BLAKE3 against the
+owner's manifest before passing any of its bytes on, and trims to the
+range. The manifest itself is checked against the manifest hash in the
+owner's signed catalog entry. A block that does not verify aborts the
+response (the client sees a connection cut short, never a wrong byte), is
+logged with the peer named, and counts against that peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import hdrs, web
+from blake3 import blake3
+
+from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
+from priv_network.manifest import block_count, manifest_hash
+from priv_network.peerclient import PeerClient, PeerUnreachable
+from priv_network.ranges import parse_range
+from priv_network.wire import ItemInfo
+from registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+MANIFEST_CACHE = 128
+POSTER_LIMIT = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteItem:
+    item: ItemInfo
+    url: str
+    online: bool
+
+
+class TransferAborted(ConnectionResetError):
+    """Raised after headers were sent: aiohttp then drops the connection quietly."""
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        store: RegistryStore,
+        node_id: str,
+        to_item: Callable[[dict[str, object]], ItemInfo],
+        penalize: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self.node_id = node_id
+        self._to_item = to_item
+        self._penalize = penalize
+        self._client: PeerClient | None = None
+        self._manifests: OrderedDict[str, bytes] = OrderedDict()
+
+    def set_client(self, client: PeerClient) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> PeerClient:
+        assert self._client is not None, "Broker.set_client() not called"
+        return self._client
+
+    async def remote_item(self, item_id: str) -> RemoteItem:
+        hit = await self._store.entry_by_item(item_id)
+        if hit is None or hit.row["node_id"] == self.node_id:
+            raise NotFound(f"no item {item_id}")
+        return RemoteItem(item=self._to_item(hit.row), url=str(hit.row["source_url"]), online=hit.online)
+
+    async def item(self, item_id: str) -> ItemInfo:
+        return (await self.remote_item(item_id)).item
+
+    async def manifest(self, remote: RemoteItem) -> bytes:
+        item = remote.item
+        cached = self._manifests.get(item.manifest_hash)
+        if cached is not None:
+            self._manifests.move_to_end(item.manifest_hash)
+            return cached
+        data = await self.client.get(remote.url, f"/federation/v1/manifest/{item.id}")
+        try:
+            if not isinstance(data, dict):
+                raise TypeError
+            blocks = base64.b64decode(data["blocks"], validate=True)
+            block_size, size = int(data["block_size"]), int(data["size"])
+        except (KeyError, TypeError, ValueError):
+            await self._penalize(item.node, "sent a malformed manifest")
+            raise InvalidInput(f"{remote.url} sent a malformed manifest for {item.id}") from None
+        if (
+            block_size != item.block_size
+            or size != item.size
+            or len(blocks) != 32 * block_count(size, block_size)
+            or manifest_hash(block_size, size, blocks) != item.manifest_hash
+        ):
+            await self._penalize(item.node, "sent a manifest that does not match its catalog entry")
+            raise InvalidInput(f"the manifest from {remote.url} for {item.id} does not match the signed catalog")
+        self._manifests[item.manifest_hash] = blocks
+        while len(self._manifests) > MANIFEST_CACHE:
+            self._manifests.popitem(last=False)
+        return blocks
+
+    async def stream(self, request: web.Request, item_id: str) -> web.StreamResponse:
+        remote = await self.remote_item(item_id)
+        item = remote.item
+        etag = f'"{item.content_hash}"'
+        rng = parse_range(
+            request.headers.get(hdrs.RANGE), item.size, if_range=request.headers.get(hdrs.IF_RANGE), etag=etag
+        )
+        response = web.StreamResponse(status=206 if rng.partial else 200)
+        response.content_type = item.mime
+        response.content_length = rng.length
+        response.headers[hdrs.ACCEPT_RANGES] = "bytes"
+        response.headers[hdrs.ETAG] = etag
+        response.headers[hdrs.CACHE_CONTROL] = "private, max-age=31536000, immutable"
+        if rng.partial:
+            response.headers[hdrs.CONTENT_RANGE] = rng.content_range(item.size)
+        if rng.length == 0 or request.method == "HEAD":
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        manifest = await self.manifest(remote)
+        bs = item.block_size
+        first, last = rng.start // bs, (rng.stop - 1) // bs
+        up_start, up_stop = first * bs, min(item.size, (last + 1) * bs)
+        headers = {"Range": f"bytes={up_start}-{up_stop - 1}"}
+        async with self.client.stream(remote.url, f"/federation/v1/content/{item.id}", headers=headers) as upstream:
+            expected = f"bytes {up_start}-{up_stop - 1}/{item.size}"
+            whole = up_start == 0 and up_stop == item.size and upstream.status == 200
+            if not whole and (upstream.status != 206 or upstream.headers.get(hdrs.CONTENT_RANGE) != expected):
+                await self._penalize(item.node, "answered a range request with the wrong range")
+                raise PeerUnreachable(f"{remote.url} answered with the wrong range")
+            await response.prepare(request)
+            pos = up_start
+            for index in range(first, last + 1):
+                length = min(bs, item.size - index * bs)
+                try:
+                    block = await upstream.content.readexactly(length)
+                except (asyncio.IncompleteReadError, PrivNetworkError, ConnectionError, TimeoutError) as exc:
+                    log.warning("transfer of %s from %s cut at block %d: %s", item.id, item.node, index, exc)
+                    await self._abort(request, item, f"stopped sending at block {index}", penalize=True)
+                if blake3(block).digest() != manifest[index * 32 : index * 32 + 32]:
+                    log.warning("block %d of %s from %s does not match its manifest", index, item.id, item.node)
+                    await self._abort(request, item, f"sent a corrupt block {index} of {item.id}", penalize=True)
+                lo = max(rng.start, pos) - pos
+                hi = min(rng.stop, pos + length) - pos
+                await response.write(block if (lo, hi) == (0, length) else block[lo:hi])
+                pos += length
+        await response.write_eof()
+        return response
+
+    async def _abort(self, request: web.Request, item: ItemInfo, reason: str, *, penalize: bool) -> None:
+        if penalize:
+            await self._penalize(item.node, reason)
+        if request.transport is not None:
+            request.transport.abort()
+        raise TransferAborted(f"transfer of {item.id} aborted: {reason}")
+
+    async def poster(self, item_id: str) -> web.Response:
+        remote = await self.remote_item(item_id)
+        if not remote.item.has_poster:
+            raise NotFound(f"item {item_id} has no poster")
+        async with self.client.stream(remote.url, f"/federation/v1/poster/{item_id}") as upstream:
+            data = await upstream.content.read(POSTER_LIMIT + 1)
+        if len(data) > POSTER_LIMIT or not data.startswith(b"\xff\xd8"):
+            raise PeerUnreachable(f"{remote.url} sent an invalid poster")
+        return web.Response(
+            body=data, content_type="image/jpeg", headers={hdrs.CACHE_CONTROL: "private, max-age=86400"}
+        )
