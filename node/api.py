@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from node.network import Network
+from node.pins import Pins
 from node.service import ContentManager
 from priv_network import __version__
 from priv_network.config import parse_duration
@@ -90,8 +91,9 @@ def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileRespons
 class ItemsApi:
     """Items of this node; a peer's items (known from the registry) go through the broker."""
 
-    def __init__(self, cma: ContentManager, broker: ContentBroker | None = None) -> None:
+    def __init__(self, cma: ContentManager, pins: Pins, broker: ContentBroker | None = None) -> None:
         self.cma = cma
+        self.pins = pins
         self.broker = broker
 
     async def _is_local(self, item_id: str) -> bool:
@@ -174,6 +176,10 @@ class ItemsApi:
         item_id = request.match_info["id"]
         if not await self._is_local(item_id):
             assert self.broker is not None
+            remote = await self.broker.item(item_id)
+            pinned = await self.pins.local_file(remote.content_hash)
+            if pinned is not None:
+                return file_response(pinned, immutable=True)
             return await self.broker.stream(request, item_id)
         f = await self.cma.content_file(item_id)
         if not f.path.exists():

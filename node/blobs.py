@@ -25,7 +25,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from priv_network.errors import InsufficientStorage, InvalidInput, PrivNetworkError
-from priv_network.manifest import manifest_hash
+from priv_network.manifest import HASH_LEN, block_hash, manifest_hash
 
 _PIPELINE_BUFFERS = 8
 
@@ -48,9 +48,10 @@ class BlobStore:
         self.blob_dir = root / "blobs"
         self.poster_dir = root / "posters"
         self.tmp_dir = root / "tmp"
+        self.pin_dir = root / "pins"
 
     def prepare(self) -> None:
-        for d in (self.blob_dir, self.poster_dir, self.tmp_dir):
+        for d in (self.blob_dir, self.poster_dir, self.tmp_dir, self.pin_dir):
             d.mkdir(parents=True, exist_ok=True)
         # Anything left in tmp/ is from a crash mid-write: never valid.
         for leftover in self.tmp_dir.iterdir():
@@ -191,6 +192,68 @@ class BlobStore:
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
+
+    # -- pinned copies: written block by block, verified, then committed --------
+    def pin_part(self, content_hash: str) -> Path:
+        return self.pin_dir / f"{content_hash}.part"
+
+    def verified_prefix(self, content_hash: str, manifest: bytes, block_size: int, size: int) -> int:
+        """Bytes at the start of the partial copy that match the manifest; the rest is cut off."""
+        part = self.pin_part(content_hash)
+        if not part.exists():
+            return 0
+        good = 0
+        with open(part, "r+b") as fh:
+            index = 0
+            while good < size:
+                block = fh.read(min(block_size, size - good))
+                expected = manifest[index * HASH_LEN : (index + 1) * HASH_LEN]
+                if len(block) < min(block_size, size - good) or block_hash(block) != expected:
+                    break
+                good += len(block)
+                index += 1
+            fh.truncate(good)
+        return good
+
+    def write_pin_block(self, content_hash: str, offset: int, data: bytes) -> None:
+        part = self.pin_part(content_hash)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o640)
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+                _write_all(fd, memoryview(data))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise InsufficientStorage(f"the disk filled up while pinning: {exc.strerror}") from None
+            raise PrivNetworkError(f"cannot write the pinned copy: {exc.strerror}") from None
+
+    def commit_pin(self, content_hash: str, size: int) -> None:
+        """Check the whole copy against its content hash, then move it into the store."""
+        part = self.pin_part(content_hash)
+        whole = blake3()
+        total = 0
+        with open(part, "rb") as fh:
+            os.fsync(fh.fileno())
+            while chunk := fh.read(4 * 1024 * 1024):
+                whole.update(chunk)
+                total += len(chunk)
+        if total != size or whole.hexdigest() != content_hash:
+            part.unlink(missing_ok=True)
+            raise PrivNetworkError("the pinned copy does not match its content hash; it was discarded")
+        final = self.blob_path(content_hash)
+        if final.exists():
+            part.unlink(missing_ok=True)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        _fsync_dir(final.parent)
+
+    def delete_pin_files(self, content_hash: str, *, blob_too: bool) -> None:
+        self.pin_part(content_hash).unlink(missing_ok=True)
+        if blob_too:
+            self.blob_path(content_hash).unlink(missing_ok=True)
 
     def delete(self, content_hash: str) -> None:
         self.blob_path(content_hash).unlink(missing_ok=True)

@@ -123,3 +123,24 @@ invites = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("uses_left", sa.Integer, nullable=False),
 )
+
+# Mirrored ("pinned") copies of peers' items; the bytes live in the content store.
+pins = sa.Table(
+    "pins",
+    metadata,
+    sa.Column("content_hash", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(40), nullable=False),
+    sa.Column("item_id", sa.String(32), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("mime", sa.String(128), nullable=False),
+    sa.Column("visibility", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("block_size", sa.Integer, nullable=False),
+    sa.Column("manifest", sa.LargeBinary, nullable=False),
+    sa.Column("manifest_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("verified_bytes", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_watched_at", sa.Float, nullable=False),
+)

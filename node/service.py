@@ -196,7 +196,7 @@ class ContentManager:
         if orphan is None:
             raise NotFound(f"no item {item_id}")
         unreferenced = await self._store.delete_item(item_id)
-        if unreferenced is not None:
+        if unreferenced is not None and await self._store.get_pin(unreferenced) is None:
             await self._run(self._blobs.delete, unreferenced)
         await self.notify_changed()
 

@@ -19,6 +19,7 @@ from node.models import (
     items,
     members,
     node_meta,
+    pins,
     roster_events,
     source_files,
 )
@@ -315,3 +316,33 @@ class CmaStore:
                 sa.update(invites).where(invites.c.id == invite_id).values(uses_left=invites.c.uses_left - 1)
             )
             return dict(row)
+
+    # -- pins -----------------------------------------------------------------
+    async def get_pin(self, content_hash: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(pins).where(pins.c.content_hash == content_hash))).mappings().first()
+        return dict(row) if row else None
+
+    async def list_pins(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(pins).order_by(pins.c.created_at))
+            return [dict(r) for r in rows.mappings()]
+
+    async def insert_pin(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(pins).values(**values))
+
+    async def update_pin(self, content_hash: str, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.update(pins).where(pins.c.content_hash == content_hash).values(**values))
+
+    async def delete_pin(self, content_hash: str) -> bool:
+        """Forget a pin; True if its blob is not also a local item's (so the file may go)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(pins).where(pins.c.content_hash == content_hash))
+            used = (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == content_hash))).first()
+            return used is None
+
+    async def blob_known(self, content_hash: str) -> bool:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == content_hash))).first() is not None

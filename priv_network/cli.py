@@ -413,6 +413,38 @@ async def cmd_peers(client: AdminClient, args: argparse.Namespace, out: IO[str])
     return EXIT_OK
 
 
+async def cmd_pin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    pin = await client.post("/api/v1/pins", {"id": args.id})
+    while args.wait and pin["state"] == "fetching":
+        await asyncio.sleep(0.5)
+        pin = next((p for p in (await client.get("/api/v1/pins"))["pins"] if p["id"] == args.id), pin)
+    out.write(f"{pin['id']}  {pin['state']}  {pin['progress']:.0%}  {pin['title']}\n")
+    if args.wait and pin["state"] != "complete":
+        sys.stderr.write(f"priv-network: pin paused: {pin['error']}\n")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+async def cmd_unpin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    await client.delete(f"/api/v1/pins/{args.id}")
+    out.write(f"unpinned {args.id}\n")
+    return EXIT_OK
+
+
+async def cmd_pins(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    pins = (await client.get("/api/v1/pins"))["pins"]
+    if args.json:
+        out.write(json.dumps(pins, indent=2) + "\n")
+        return EXIT_OK
+    if not pins:
+        out.write("nothing pinned\n")
+        return EXIT_OK
+    rows = [["ID", "STATE", "PROGRESS", "SIZE", "TITLE"]]
+    rows += [[p["id"], p["state"], f"{p['progress']:.0%}", _human_size(p["size"]), p["title"]] for p in pins]
+    _table(rows, out)
+    return EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -474,6 +506,19 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("sync", help="poll every feed now and wait")
     p.set_defaults(remote=cmd_sync)
+
+    p = sub.add_parser("pin", help="mirror a peer's item into this node's store, for watching offline")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="wait until the copy is complete and verified")
+    p.set_defaults(remote=cmd_pin)
+
+    p = sub.add_parser("unpin", help="drop a pinned copy")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(remote=cmd_unpin)
+
+    p = sub.add_parser("pins", help="list pinned copies with their progress")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_pins)
 
     p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
     p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")

@@ -135,6 +135,11 @@ class StoreSection:
         "size",
     )
     hash_workers: int = _setting(2, "Threads that hash, copy and probe files during ingest.", "int")
+    pin_budget: int = _setting(
+        0,
+        "Most bytes pinned copies of peers' items may take; the least recently watched go first. 0: no limit.",
+        "size",
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.api import FederationApi, ItemsApi, NetworkApi
 from node.blobs import BlobStore
 from node.network import Network
+from node.pins import Pins
 from node.service import ContentManager
 from node.store import CmaStore
 from priv_network import __version__, db
@@ -35,10 +36,10 @@ from priv_network.keys import AUTHENTICATOR, CONFIG, FEDERATION_GATE
 from priv_network.peerclient import PeerClient
 from priv_network.signing import Signer, Verifier
 from priv_network.wire import FeedPage
-from registry.api import SearchApi
+from registry.api import PinsApi, SearchApi
 from registry.service import Registry
 from registry.store import RegistryStore
-from registry.transfer import Broker
+from registry.transfer import Broker, Pinner
 from webapp.views import Pages
 
 log = logging.getLogger("priv_network.server")
@@ -100,6 +101,9 @@ class Node:
             to_item=self.registry.to_item,
             penalize=self.registry.penalize,
         )
+        self.pins = Pins(store=self.cma_store, blobs=self.blobs, executor=self.executor, budget=config.store.pin_budget)
+        self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store)
+        self.registry.after_round(self.pinner.reconcile)
         self.cma.add_listener(self.registry.on_local_change)
         self.signer = Signer(identity)
         self.verifier = Verifier(self.network.public_key_for, window=config.network.signature_window)
@@ -167,7 +171,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         await node.cma.start()
         await node.network.start()
         await node.registry.start()
+        await node.pinner.reconcile()
         yield
+        await node.pinner.close()
         await node.registry.close()
 
     async def scheduler(app: web.Application) -> AsyncIterator[None]:
@@ -201,7 +207,8 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
     app.cleanup_ctx.extend([database, http_client, services, scheduler])
     for routes in (
-        ItemsApi(node.cma, node.broker).routes(),
+        ItemsApi(node.cma, node.pins, node.broker).routes(),
+        PinsApi(node.pinner).routes(),
         FederationApi(node.cma, node.network, identity, node.verifier.verify).routes(),
         NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),

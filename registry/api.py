@@ -7,11 +7,12 @@ from typing import Any
 from aiohttp import web
 
 from priv_network.errors import InvalidInput
-from priv_network.http import int_param, principal_of, require_admin
+from priv_network.http import int_param, json_body, principal_of, require_admin
 from priv_network.identity import normalize_node_id
 from priv_network.interfaces import SearchFilters, SearchHit
-from priv_network.wire import KINDS
+from priv_network.wire import KINDS, check_item_id
 from registry.service import Registry
+from registry.transfer import Pinner
 
 
 def hit_json(hit: SearchHit) -> dict[str, Any]:
@@ -76,3 +77,32 @@ class SearchApi:
     async def peers(self, request: web.Request) -> web.Response:
         principal_of(request)
         return web.json_response({"peers": await self.registry.peers()})
+
+
+class PinsApi:
+    def __init__(self, pinner: Pinner) -> None:
+        self.pinner = pinner
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.get("/api/v1/pins", self.list_pins),
+            web.post("/api/v1/pins", self.pin),
+            web.delete("/api/v1/pins/{id}", self.unpin),
+        ]
+
+    async def list_pins(self, request: web.Request) -> web.Response:
+        principal_of(request)
+        return web.json_response({"pins": await self.pinner.list()})
+
+    async def pin(self, request: web.Request) -> web.Response:
+        principal_of(request)
+        body = await json_body(request)
+        item_id = body.get("id")
+        if not isinstance(item_id, str):
+            raise InvalidInput("id must be an item ID")
+        return web.json_response(await self.pinner.pin(check_item_id(item_id)), status=202)
+
+    async def unpin(self, request: web.Request) -> web.Response:
+        principal_of(request)
+        await self.pinner.unpin(check_item_id(request.match_info["id"]))
+        return web.json_response({"unpinned": request.match_info["id"]})

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from priv_network.errors import InvalidInput, PrivNetworkError
@@ -75,6 +76,11 @@ class Registry:
         self._round = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._known: set[str] = set()
+        self._after_round: list[Callable[[], Awaitable[None]]] = []
+
+    def after_round(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after every sync round (e.g. to follow pins to their owners' rules)."""
+        self._after_round.append(hook)
 
     def set_client(self, client: PeerClient) -> None:
         self._client = client
@@ -143,6 +149,8 @@ class Registry:
                 sem = asyncio.Semaphore(self._max_concurrent)
                 await asyncio.gather(*(poll(p, sem) for p in due))
                 # Members learned during this round are polled in the same round.
+            for hook in self._after_round:
+                await hook()
             return results
 
     async def _is_due(self, peer: Peer) -> bool:

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import hdrs, web
 from blake3 import blake3
 
 from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
-from priv_network.manifest import block_count, manifest_hash
+from priv_network.interfaces import PinStore
+from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
 from priv_network.peerclient import PeerClient, PeerUnreachable
 from priv_network.ranges import parse_range
 from priv_network.wire import ItemInfo
@@ -155,6 +158,9 @@ class Broker:
         await response.write_eof()
         return response
 
+    async def penalize(self, node_id: str, reason: str) -> None:
+        await self._penalize(node_id, reason)
+
     async def _abort(self, request: web.Request, item: ItemInfo, reason: str, *, penalize: bool) -> None:
         if penalize:
             await self._penalize(item.node, reason)
@@ -173,3 +179,136 @@ class Broker:
         return web.Response(
             body=data, content_type="image/jpeg", headers={hdrs.CACHE_CONTROL: "private, max-age=86400"}
         )
+
+
+class Pinner:
+    """Mirrors peers' items into the local store (through the CMA's PinStore), resumably.
+
+    Each pin is one background task that fetches the missing blocks in
+    order from the owner, checks each against the manifest and hands it to
+    the CMA. Cut transfers resume from the verified blocks on disk, at the
+    next round or after a restart.
+    """
+
+    def __init__(self, *, broker: Broker, pins: PinStore, store: RegistryStore) -> None:
+        self._broker = broker
+        self._pins = pins
+        self._store = store
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def pin(self, item_id: str) -> dict[str, Any]:
+        remote = await self._broker.remote_item(item_id)
+        manifest = await self._broker.manifest(remote)
+        done = await self._pins.begin(remote.item, manifest)
+        if done < remote.item.size:
+            self._start(remote)
+        elif (await self._pins.get(remote.item.content_hash) or {}).get("state") != "complete":
+            await self._pins.finish(remote.item.content_hash)
+        return await self.status(remote.item.content_hash)
+
+    def _start(self, remote: RemoteItem) -> None:
+        key = remote.item.content_hash
+        if key in self._tasks and not self._tasks[key].done():
+            return
+        task = asyncio.create_task(self._fetch(remote), name=f"pin {remote.item.id}")
+        self._tasks[key] = task
+
+    async def _fetch(self, remote: RemoteItem) -> None:
+        item = remote.item
+        try:
+            manifest = await self._broker.manifest(remote)
+            done = await self._pins.begin(item, manifest)
+            bs = item.block_size
+            if done < item.size:
+                headers = {"Range": f"bytes={done}-{item.size - 1}"}
+                client = self._broker.client
+                async with client.stream(remote.url, f"/federation/v1/content/{item.id}", headers=headers) as up:
+                    expected = f"bytes {done}-{item.size - 1}/{item.size}"
+                    if not (up.status == 206 and up.headers.get(hdrs.CONTENT_RANGE) == expected) and not (
+                        done == 0 and up.status == 200
+                    ):
+                        raise PeerUnreachable(f"{remote.url} answered the pin with the wrong range")
+                    index = done // bs
+                    while done < item.size:
+                        length = min(bs, item.size - done)
+                        try:
+                            block = await up.content.readexactly(length)
+                        except asyncio.IncompleteReadError:
+                            raise PeerUnreachable(f"{remote.url} stopped sending at block {index}") from None
+                        if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
+                            await self._broker.penalize(item.node, f"sent a corrupt block {index} of {item.id}")
+                            raise InvalidInput(f"block {index} of {item.id} from {remote.url} is corrupt")
+                        done = await self._pins.write_block(item.content_hash, index, block)
+                        index += 1
+            await self._pins.finish(item.content_hash)
+        except asyncio.CancelledError:
+            raise
+        except PrivNetworkError as exc:
+            log.warning("pin of %s paused: %s (it resumes later)", item.id, exc.message)
+            await self._pins.fail(item.content_hash, exc.message)
+        except Exception as exc:
+            log.exception("pin of %s crashed", item.id)
+            await self._pins.fail(item.content_hash, f"internal error: {type(exc).__name__}")
+
+    async def unpin(self, item_id: str) -> None:
+        pins = await self._pins.list()
+        row = next((p for p in pins if p["item_id"] == item_id), None)
+        if row is None:
+            raise NotFound(f"{item_id} is not pinned")
+        task = self._tasks.pop(row["content_hash"], None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._pins.remove(row["content_hash"])
+
+    async def status(self, content_hash: str) -> dict[str, Any]:
+        row = await self._pins.get(content_hash)
+        if row is None:
+            raise NotFound("no such pin")
+        return pin_json(row, fetching=content_hash in self._tasks and not self._tasks[content_hash].done())
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [
+            pin_json(r, fetching=r["content_hash"] in self._tasks and not self._tasks[r["content_hash"]].done())
+            for r in await self._pins.list()
+        ]
+
+    async def reconcile(self) -> None:
+        """After a sync: drop pins whose owner deleted or stopped sharing the item; resume the others."""
+        for row in await self._pins.list():
+            hit = await self._store.entry_by_item(row["item_id"])
+            if hit is None or hit.row["node_id"] != row["owner"] or hit.row["content_hash"] != row["content_hash"]:
+                log.info("unpinning %s: its owner no longer shares it with this node", row["title"])
+                task = self._tasks.pop(row["content_hash"], None)
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                await self._pins.remove(row["content_hash"])
+                continue
+            if hit.row["visibility"] != row["visibility"]:
+                await self._pins.set_visibility(row["content_hash"], hit.row["visibility"])
+            if row["state"] != "complete" and hit.online:
+                with contextlib.suppress(PrivNetworkError):
+                    self._start(await self._broker.remote_item(row["item_id"]))
+
+
+def pin_json(row: dict[str, Any], *, fetching: bool) -> dict[str, Any]:
+    size = int(row["size"])
+    done = int(row["verified_bytes"]) if row["state"] != "complete" else size
+    return {
+        "id": row["item_id"],
+        "title": row["title"],
+        "node": row["owner"],
+        "content_hash": row["content_hash"],
+        "size": size,
+        "verified_bytes": done,
+        "progress": round(done / size, 4) if size else 1.0,
+        "state": "complete" if row["state"] == "complete" else ("fetching" if fetching else "paused"),
+        "error": row["error"],
+        "last_watched_at": row["last_watched_at"],
+    }
