@@ -13,13 +13,15 @@ from aiohttp import hdrs, web
 from node.network import Network
 from node.pins import Pins
 from node.service import ContentManager
+from node.shares import Shares
+from node.traffic import Traffic
 from priv_network import __version__
 from priv_network.config import parse_duration
 from priv_network.errors import ConfigError, InvalidInput, NotFound, Unauthorized
 from priv_network.http import int_param, json_body, peer_of, principal_of, require_admin
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
-from priv_network.wire import ItemInfo, RosterEvent
+from priv_network.wire import ItemInfo, RosterEvent, check_item_id
 
 MAX_ANNOUNCED_EVENTS = 16
 
@@ -88,12 +90,84 @@ def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileRespons
     return _RangeSafeFileResponse(f.path, chunk_size=256 * 1024, headers=headers)
 
 
+async def send_counted(
+    request: web.Request, response: web.FileResponse, traffic: Traffic, subject: str
+) -> web.FileResponse:
+    """Send a file now and count its bytes (FileResponse sends it all in prepare, with sendfile)."""
+    await response.prepare(request)
+    if response.status < 300:
+        await traffic.add(subject, "sent", response.content_length or 0)
+    return response
+
+
+class ShareApi:
+    """Share links: created and managed by the owner; opened by anyone with the link."""
+
+    def __init__(self, shares: Shares, traffic: Traffic) -> None:
+        self.shares = shares
+        self.traffic = traffic
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/api/v1/shares", self.create),
+            web.get("/api/v1/shares", self.list_shares),
+            web.delete("/api/v1/shares/{id}", self.revoke),
+            web.get("/s/{token}", self.download),
+        ]
+
+    async def create(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        body = await json_body(request)
+        item_id = body.get("id")
+        if not isinstance(item_id, str):
+            raise InvalidInput("id must be an item ID")
+        ttl = body.get("ttl", "24h")
+        try:
+            seconds = parse_duration(ttl) if isinstance(ttl, str | int | float) else None
+        except ConfigError:
+            seconds = None
+        if seconds is None:
+            raise InvalidInput(f"ttl must be a duration such as 30m, 24h or 7d, not {str(ttl)[:40]!r}")
+        downloads = body.get("downloads")
+        if downloads is not None and (isinstance(downloads, bool) or not isinstance(downloads, int)):
+            raise InvalidInput("downloads must be a whole number")
+        share = await self.shares.create(check_item_id(item_id), seconds, downloads)
+        return web.json_response(share, status=201)
+
+    async def list_shares(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        return web.json_response({"shares": await self.shares.list()})
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        await self.shares.revoke(request.match_info["id"])
+        return web.json_response({"revoked": request.match_info["id"]})
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        starts_at_zero = _range_start(request.headers.get(hdrs.RANGE)) == 0
+        share_id, f = await self.shares.open(request.match_info["token"], counts=starts_at_zero)
+        response = file_response(f)
+        response.headers[hdrs.CONTENT_DISPOSITION] = "attachment"
+        response.headers[hdrs.CACHE_CONTROL] = "no-store"
+        return await send_counted(request, response, self.traffic, f"share:{share_id}")
+
+
+def _range_start(header: str | None) -> int:
+    """Where a request starts reading (0 for no or unusable Range)."""
+    match = _SINGLE_RANGE.match(header or "")
+    if not match:
+        return 0
+    spec = match.group(1)
+    return 1 if spec.startswith("-") else int(spec.split("-", 1)[0])
+
+
 class ItemsApi:
     """Items of this node; a peer's items (known from the registry) go through the broker."""
 
-    def __init__(self, cma: ContentManager, pins: Pins, broker: ContentBroker | None = None) -> None:
+    def __init__(self, cma: ContentManager, pins: Pins, traffic: Traffic, broker: ContentBroker | None = None) -> None:
         self.cma = cma
         self.pins = pins
+        self.traffic = traffic
         self.broker = broker
 
     async def _is_local(self, item_id: str) -> bool:
@@ -199,7 +273,9 @@ class ItemsApi:
 
     async def status(self, request: web.Request) -> web.Response:
         principal_of(request)
-        return web.json_response(status_json(await self.cma.status()))
+        status = status_json(await self.cma.status())
+        status["traffic"] = await self.traffic.totals()
+        return web.json_response(status)
 
     async def create_token(self, request: web.Request) -> web.Response:
         require_admin(request)
@@ -224,7 +300,9 @@ class FederationApi:
         network: Network,
         identity: NodeIdentity,
         verify_with_key: Callable[..., str],
+        traffic: Traffic,
     ) -> None:
+        self.traffic = traffic
         self.cma = cma
         self.network = network
         self.identity = identity
@@ -265,7 +343,7 @@ class FederationApi:
     async def content(self, request: web.Request) -> web.StreamResponse:
         peer = peer_of(request)
         f = await self.cma.content_file_for(request.match_info["id"], peer)
-        return file_response(f, immutable=True)
+        return await send_counted(request, file_response(f, immutable=True), self.traffic, f"peer:{peer}")
 
     async def manifest(self, request: web.Request) -> web.Response:
         item, blocks = await self.cma.manifest_for(request.match_info["id"], peer_of(request))
@@ -307,7 +385,7 @@ class FederationApi:
         if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ANNOUNCED_EVENTS:
             raise InvalidInput(f"events must be a list of 1-{MAX_ANNOUNCED_EVENTS} roster events")
         events = [RosterEvent.from_json(e) for e in raw]
-        added = await self.network.apply_roster_events(events, f"an announcement from {request.remote}")
+        added = await self.network.apply_roster_events(events, f"an announcement from {request.remote}", vouched=False)
         if added:
             await self.cma.notify_changed()
         return web.json_response({"members_added": added})

@@ -144,3 +144,26 @@ pins = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_watched_at", sa.Float, nullable=False),
 )
+
+# Signed, expiring download links for people outside the network.
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("item_id", sa.String(32), sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("max_downloads", sa.Integer),
+    sa.Column("downloads", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# Bytes moved, per hour, per peer ("peer:ID") or share link ("share:ID"), per direction.
+traffic = sa.Table(
+    "traffic",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),
+    sa.Column("subject", sa.String(64), primary_key=True),
+    sa.Column("direction", sa.String(8), primary_key=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+)

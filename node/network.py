@@ -161,8 +161,13 @@ class Network:
         await self._store.touch_member(node_id, time.time())
 
     # -- roster events ------------------------------------------------------
-    def _verify_event(self, event: RosterEvent) -> bool | None:
-        """True: valid; False: forged (reject the batch); None: signer unknown yet."""
+    def _verify_event(self, event: RosterEvent, vouched: bool = True) -> bool | None:
+        """True: valid; False: forged (reject the batch); None: signer unknown yet.
+
+        ``vouched``: the events come from a member (its feed, or an inviter's
+        join answer). Unvouched events (the unsigned roster announcement) may
+        not introduce a stranger by its own signature.
+        """
         try:
             sig = b64u_decode(event.sig)
             subject_key = b64u_decode(event.public_key)
@@ -176,6 +181,8 @@ class Network:
             # A node introducing itself: fine for a node we have not seen removed.
             if event.subject in self._removed:
                 return None
+            if not vouched and event.subject not in self._keys:
+                return None
             key = subject_key
         else:
             key = self._keys.get(event.signer)
@@ -183,7 +190,7 @@ class Network:
             return None
         return PublicIdentity.from_public_bytes(key).verify(sig, event.signing_bytes())
 
-    async def apply_roster_events(self, events: Sequence[RosterEvent], source: str) -> int:
+    async def apply_roster_events(self, events: Sequence[RosterEvent], source: str, *, vouched: bool = True) -> int:
         """Verify and store events (from a join answer or a peer's feed); returns members added."""
         pending = [e for e in events if not await self._store.has_roster_event(e.id)]
         added = 0
@@ -192,7 +199,7 @@ class Network:
             progress = False
             later = []
             for event in sorted(pending, key=lambda e: (e.at, e.id)):
-                verdict = self._verify_event(event)
+                verdict = self._verify_event(event, vouched)
                 if verdict is False:
                     raise InvalidInput(f"roster event {event.id} from {source} has a bad signature")
                 if verdict is None:
@@ -249,11 +256,15 @@ class Network:
         if joiner.node_id == self.node_id:
             raise Conflict("a node cannot join itself")
         now = time.time()
+        members = await self._store.list_members()
+        removed_at = next((m["event_at"] for m in members if m["node_id"] == joiner.node_id and not m["active"]), None)
 
         def check(row: dict[str, Any]) -> None:
             expected = join_proof(row["secret"], invite_id, joiner.node_id, self.node_id)
             if not hmac.compare_digest(expected, proof):
                 raise Forbidden("the invite was not accepted (wrong or tampered secret)")
+            if removed_at is not None and row["created_at"] <= removed_at:
+                raise Forbidden("this node was removed from the group; it needs an invite made after its removal")
             if row["expires_at"] < now:
                 raise Forbidden("this invite has expired")
             if row["uses_left"] <= 0:

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from node.models import (
@@ -21,7 +23,9 @@ from node.models import (
     node_meta,
     pins,
     roster_events,
+    shares,
     source_files,
+    traffic,
 )
 
 _ITEM_COLUMNS = [*items.c, blobs.c.block_size, blobs.c.manifest_hash, blobs.c.poster]
@@ -346,3 +350,65 @@ class CmaStore:
     async def blob_known(self, content_hash: str) -> bool:
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == content_hash))).first() is not None
+
+    # -- share links --------------------------------------------------------
+    async def insert_share(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(shares).values(**values))
+
+    async def get_share(self, share_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(shares).where(shares.c.id == share_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def list_shares(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(shares, items.c.title)
+                .join(items, items.c.id == shares.c.item_id)
+                .order_by(shares.c.created_at)
+            )
+            return [dict(r) for r in rows.mappings()]
+
+    async def revoke_share(self, share_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(sa.update(shares).where(shares.c.id == share_id).values(revoked=True))
+            return bool(result.rowcount)
+
+    async def count_share_download(self, share_id: str) -> bool:
+        """Use one download of a link, atomically; False if none is left."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(shares)
+                .where(
+                    shares.c.id == share_id,
+                    sa.or_(shares.c.max_downloads.is_(None), shares.c.downloads < shares.c.max_downloads),
+                )
+                .values(downloads=shares.c.downloads + 1)
+            )
+            return bool(result.rowcount)
+
+    # -- traffic --------------------------------------------------------------
+    async def add_traffic(self, hour: int, subject: str, direction: str, n: int) -> None:
+        insert = sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert
+        stmt = insert(traffic).values(hour=hour, subject=subject, direction=direction, bytes=n)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[traffic.c.hour, traffic.c.subject, traffic.c.direction],
+            set_={"bytes": traffic.c.bytes + n},
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def traffic_totals(self) -> list[tuple[str, str, int]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(traffic.c.subject, traffic.c.direction, sa.func.sum(traffic.c.bytes)).group_by(
+                    traffic.c.subject, traffic.c.direction
+                )
+            )
+            return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def traffic_since(self, hour: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(traffic).where(traffic.c.hour >= hour).order_by(traffic.c.hour))
+            return [dict(r) for r in rows.mappings()]

@@ -273,6 +273,12 @@ async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]
         ],
         out,
     )
+    traffic = status.get("traffic") or {}
+    if traffic:
+        out.write("\n")
+        rows = [["TRAFFIC", "SENT", "RECEIVED"]]
+        rows += [[k, _human_size(v["sent"]), _human_size(v["received"])] for k, v in sorted(traffic.items())]
+        _table(rows, out)
     return EXIT_OK
 
 
@@ -445,6 +451,39 @@ async def cmd_pins(client: AdminClient, args: argparse.Namespace, out: IO[str]) 
     return EXIT_OK
 
 
+async def cmd_share(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    if args.id == "revoke":
+        if not args.target:
+            raise UsageError("priv-network share revoke: needs the share link or its ID (see --help)")
+        await client.delete(f"/api/v1/shares/{args.target.rsplit('/', 1)[-1].split('.', 1)[0]}")
+        out.write(f"revoked {args.target}\n")
+        return EXIT_OK
+    if args.target:
+        raise UsageError(f"priv-network share: unexpected argument {args.target!r} (see --help)")
+    body: dict[str, Any] = {"id": args.id, "ttl": args.ttl}
+    if args.downloads is not None:
+        body["downloads"] = args.downloads
+    share = await client.post("/api/v1/shares", body)
+    out.write(share["url"] + "\n")
+    return EXIT_OK
+
+
+async def cmd_shares(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    shares = (await client.get("/api/v1/shares"))["shares"]
+    if args.json:
+        out.write(json.dumps(shares, indent=2) + "\n")
+        return EXIT_OK
+    if not shares:
+        out.write("no share links\n")
+        return EXIT_OK
+    rows = [["SHARE", "STATE", "DOWNLOADS", "EXPIRES", "TITLE"]]
+    for s in shares:
+        limit = f"{s['downloads']}/{s['max_downloads']}" if s["max_downloads"] else str(s["downloads"])
+        rows.append([s["id"], s["state"], limit, _ago(s["expires_at"]), s["title"] or s["item_id"]])
+    _table(rows, out)
+    return EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -520,6 +559,17 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(remote=cmd_pins)
 
+    p = sub.add_parser("share", help="make a download link of one of this node's items for someone outside")
+    p.add_argument("id", metavar="ID", help="the item ID, or `revoke` followed by the link or share ID")
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--ttl", default="24h", help="how long the link works (default 24h)")
+    p.add_argument("--downloads", type=int, help="how many downloads it allows (default: no limit)")
+    p.set_defaults(remote=cmd_share)
+
+    p = sub.add_parser("shares", help="list share links")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_shares)
+
     p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
     p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")
     p.add_argument("--uses", type=int, default=1, help="how many nodes may join with it (default 1)")
@@ -573,6 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "local"):
             return int(args.local(args))
         return asyncio.run(_run_remote(args.remote, args))
+    except UsageError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
     except PrivNetworkError as exc:
         sys.stderr.write(f"priv-network: {exc.message}\n")
         return EXIT_FAIL

@@ -171,3 +171,9 @@ class PinStore(Protocol):
     async def set_visibility(self, content_hash: str, visibility: str) -> None: ...
 
     async def local_file(self, content_hash: str) -> ContentFile | None: ...
+
+
+class TrafficMeter(Protocol):
+    """Counts bytes moved per subject ("peer:ID", "share:ID") and direction ("sent", "received")."""
+
+    async def add(self, subject: str, direction: str, n: int) -> None: ...

@@ -15,12 +15,14 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.api import FederationApi, ItemsApi, NetworkApi
+from node.api import FederationApi, ItemsApi, NetworkApi, ShareApi
 from node.blobs import BlobStore
 from node.network import Network
 from node.pins import Pins
 from node.service import ContentManager
+from node.shares import Shares
 from node.store import CmaStore
+from node.traffic import Traffic
 from priv_network import __version__, db
 from priv_network.config import Config
 from priv_network.errors import PrivNetworkError
@@ -95,14 +97,17 @@ class Node:
             backoff_min=config.sync.backoff_min,
             backoff_max=config.sync.backoff_max,
         )
+        self.traffic = Traffic(self.cma_store)
         self.broker = Broker(
             store=self.registry_store,
             node_id=identity.node_id,
             to_item=self.registry.to_item,
             penalize=self.registry.penalize,
+            traffic=self.traffic,
         )
         self.pins = Pins(store=self.cma_store, blobs=self.blobs, executor=self.executor, budget=config.store.pin_budget)
-        self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store)
+        self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
+        self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
         self.registry.after_round(self.pinner.reconcile)
         self.cma.add_listener(self.registry.on_local_change)
         self.signer = Signer(identity)
@@ -207,9 +212,10 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
     app.cleanup_ctx.extend([database, http_client, services, scheduler])
     for routes in (
-        ItemsApi(node.cma, node.pins, node.broker).routes(),
+        ItemsApi(node.cma, node.pins, node.traffic, node.broker).routes(),
+        ShareApi(node.shares, node.traffic).routes(),
         PinsApi(node.pinner).routes(),
-        FederationApi(node.cma, node.network, identity, node.verifier.verify).routes(),
+        FederationApi(node.cma, node.network, identity, node.verifier.verify, node.traffic).routes(),
         NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),
         Pages(node.registry, node.cma, config.node.name).routes(),

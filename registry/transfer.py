@@ -20,14 +20,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import hdrs, web
-from blake3 import blake3
 
 from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
-from priv_network.interfaces import PinStore
+from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
 from priv_network.peerclient import PeerClient, PeerUnreachable
-from priv_network.ranges import parse_range
+from priv_network.ranges import ByteRange, parse_range
 from priv_network.wire import ItemInfo
 from registry.store import RegistryStore
 
@@ -56,7 +56,9 @@ class Broker:
         node_id: str,
         to_item: Callable[[dict[str, object]], ItemInfo],
         penalize: Callable[[str, str], Awaitable[None]],
+        traffic: TrafficMeter,
     ) -> None:
+        self.traffic = traffic
         self._store = store
         self.node_id = node_id
         self._to_item = to_item
@@ -140,30 +142,47 @@ class Broker:
                 await self._penalize(item.node, "answered a range request with the wrong range")
                 raise PeerUnreachable(f"{remote.url} answered with the wrong range")
             await response.prepare(request)
-            pos = up_start
-            for index in range(first, last + 1):
-                length = min(bs, item.size - index * bs)
-                try:
-                    block = await upstream.content.readexactly(length)
-                except (asyncio.IncompleteReadError, PrivNetworkError, ConnectionError, TimeoutError) as exc:
-                    log.warning("transfer of %s from %s cut at block %d: %s", item.id, item.node, index, exc)
-                    await self._abort(request, item, f"stopped sending at block {index}", penalize=True)
-                if blake3(block).digest() != manifest[index * 32 : index * 32 + 32]:
-                    log.warning("block %d of %s from %s does not match its manifest", index, item.id, item.node)
-                    await self._abort(request, item, f"sent a corrupt block {index} of {item.id}", penalize=True)
-                lo = max(rng.start, pos) - pos
-                hi = min(rng.stop, pos + length) - pos
-                await response.write(block if (lo, hi) == (0, length) else block[lo:hi])
-                pos += length
+            try:
+                await self._relay(request, response, upstream, item=item, manifest=manifest, rng=rng)
+            finally:
+                await self.traffic.add(f"peer:{item.node}", "received", upstream.content.total_bytes)
         await response.write_eof()
         return response
+
+    async def _relay(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        *,
+        item: ItemInfo,
+        manifest: bytes,
+        rng: ByteRange,
+    ) -> None:
+        """Pass verified blocks on, trimmed to the range; abort on the first bad or missing block."""
+        bs = item.block_size
+        first, last = rng.start // bs, (rng.stop - 1) // bs
+        pos = first * bs
+        for index in range(first, last + 1):
+            length = min(bs, item.size - index * bs)
+            try:
+                block = await upstream.content.readexactly(length)
+            except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+                log.warning("transfer of %s from %s cut at block %d: %s", item.id, item.node, index, exc)
+                await self._abort(request, item, f"stopped sending at block {index}")
+            if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
+                log.warning("block %d of %s from %s does not match its manifest", index, item.id, item.node)
+                await self._abort(request, item, f"sent a corrupt block {index} of {item.id}")
+            lo = max(rng.start, pos) - pos
+            hi = min(rng.stop, pos + length) - pos
+            await response.write(block if (lo, hi) == (0, length) else block[lo:hi])
+            pos += length
 
     async def penalize(self, node_id: str, reason: str) -> None:
         await self._penalize(node_id, reason)
 
-    async def _abort(self, request: web.Request, item: ItemInfo, reason: str, *, penalize: bool) -> None:
-        if penalize:
-            await self._penalize(item.node, reason)
+    async def _abort(self, request: web.Request, item: ItemInfo, reason: str) -> None:
+        await self._penalize(item.node, reason)
         if request.transport is not None:
             request.transport.abort()
         raise TransferAborted(f"transfer of {item.id} aborted: {reason}")
@@ -190,7 +209,8 @@ class Pinner:
     next round or after a restart.
     """
 
-    def __init__(self, *, broker: Broker, pins: PinStore, store: RegistryStore) -> None:
+    def __init__(self, *, broker: Broker, pins: PinStore, store: RegistryStore, traffic: TrafficMeter) -> None:
+        self._traffic = traffic
         self._broker = broker
         self._pins = pins
         self._store = store
@@ -234,17 +254,10 @@ class Pinner:
                     ):
                         raise PeerUnreachable(f"{remote.url} answered the pin with the wrong range")
                     index = done // bs
-                    while done < item.size:
-                        length = min(bs, item.size - done)
-                        try:
-                            block = await up.content.readexactly(length)
-                        except asyncio.IncompleteReadError:
-                            raise PeerUnreachable(f"{remote.url} stopped sending at block {index}") from None
-                        if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
-                            await self._broker.penalize(item.node, f"sent a corrupt block {index} of {item.id}")
-                            raise InvalidInput(f"block {index} of {item.id} from {remote.url} is corrupt")
-                        done = await self._pins.write_block(item.content_hash, index, block)
-                        index += 1
+                    try:
+                        await self._copy(item, up, manifest, done, index)
+                    finally:
+                        await self._traffic.add(f"peer:{item.node}", "received", up.content.total_bytes)
             await self._pins.finish(item.content_hash)
         except asyncio.CancelledError:
             raise
@@ -254,6 +267,22 @@ class Pinner:
         except Exception as exc:
             log.exception("pin of %s crashed", item.id)
             await self._pins.fail(item.content_hash, f"internal error: {type(exc).__name__}")
+
+    async def _copy(
+        self, item: ItemInfo, upstream: aiohttp.ClientResponse, manifest: bytes, done: int, index: int
+    ) -> None:
+        bs = item.block_size
+        while done < item.size:
+            length = min(bs, item.size - done)
+            try:
+                block = await upstream.content.readexactly(length)
+            except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError) as exc:
+                raise PeerUnreachable(f"the owner stopped sending at block {index}: {type(exc).__name__}") from None
+            if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
+                await self._broker.penalize(item.node, f"sent a corrupt block {index} of {item.id}")
+                raise InvalidInput(f"block {index} of {item.id} is corrupt")
+            done = await self._pins.write_block(item.content_hash, index, block)
+            index += 1
 
     async def unpin(self, item_id: str) -> None:
         pins = await self._pins.list()
