@@ -296,13 +296,16 @@ class FederationApi:
 
     def __init__(
         self,
+        *,
         cma: ContentManager,
         network: Network,
         identity: NodeIdentity,
         verify_with_key: Callable[..., str],
         traffic: Traffic,
+        pins: Pins,
     ) -> None:
         self.traffic = traffic
+        self.pins = pins
         self.cma = cma
         self.network = network
         self.identity = identity
@@ -314,6 +317,8 @@ class FederationApi:
             web.get("/federation/v1/catalog", self.catalog),
             web.get("/federation/v1/content/{id}", self.content),
             web.get("/federation/v1/manifest/{id}", self.manifest),
+            web.get("/federation/v1/blobs/{hash}", self.blob),
+            web.get("/federation/v1/blobs/{hash}/manifest", self.blob_manifest),
             web.get("/federation/v1/poster/{id}", self.poster),
             web.post("/federation/v1/join", self.join),
             web.post("/federation/v1/roster", self.roster),
@@ -354,6 +359,27 @@ class FederationApi:
                 "size": item.size,
                 "manifest_hash": item.manifest_hash,
                 "blocks": base64.b64encode(blocks).decode("ascii"),
+            }
+        )
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        """A verified copy this node holds (pinned), for members the owner's rules let see it."""
+        peer = peer_of(request)
+        f = await self.pins.file_for(request.match_info["hash"], peer)
+        return await send_counted(request, file_response(f, immutable=True), self.traffic, f"peer:{peer}")
+
+    async def blob_manifest(self, request: web.Request) -> web.Response:
+        peer = peer_of(request)
+        await self.pins.file_for(request.match_info["hash"], peer)
+        row = await self.pins.get(request.match_info["hash"])
+        assert row is not None
+        return web.json_response(
+            {
+                "id": row["item_id"],
+                "block_size": row["block_size"],
+                "size": row["size"],
+                "manifest_hash": row["manifest_hash"],
+                "blocks": base64.b64encode(row["manifest"]).decode("ascii"),
             }
         )
 

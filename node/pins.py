@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from node.blobs import BlobStore
+from node.service import visible_to
 from node.store import CmaStore
 from priv_network.errors import InsufficientStorage, InvalidInput, NotFound
 from priv_network.interfaces import ContentFile
@@ -123,14 +124,23 @@ class Pins:
         except Exception as exc:
             await self._store.update_pin(content_hash, {"verified_bytes": 0, "error": str(exc)[:300]})
             raise
-        await self._store.update_pin(content_hash, {"state": "complete", "error": None})
+        await self._store.update_pin(content_hash, {"state": "complete", "error": None}, publish=True)
         log.info("pinned %s (%s) complete and verified", row["title"], content_hash[:12])
 
     async def fail(self, content_hash: str, error: str) -> None:
         await self._store.update_pin(content_hash, {"error": error[:300]})
 
     async def set_visibility(self, content_hash: str, visibility: str) -> None:
-        await self._store.update_pin(content_hash, {"visibility": visibility})
+        await self._store.update_pin(content_hash, {"visibility": visibility}, publish=True)
+
+    async def file_for(self, content_hash: str, viewer: str) -> ContentFile:
+        """A complete copy for a peer the owner's rules let see it; otherwise it does not exist."""
+        row = await self._store.get_pin(content_hash)
+        if row is None or row["state"] != "complete" or not visible_to(row["visibility"], viewer):
+            raise NotFound(f"no copy of {content_hash[:16]}")
+        return ContentFile(
+            path=self._blobs.blob_path(content_hash), mime=row["mime"], size=int(row["size"]), etag=content_hash
+        )
 
     async def remove(self, content_hash: str) -> None:
         if await self._store.get_pin(content_hash) is None:

@@ -236,6 +236,12 @@ class ContentManager:
                 event = RosterEvent(**json.loads(row["event_body"]), sig=row["event_sig"])
                 entries.append(FeedEntry(seq=seq, entity=entity, op="upsert", id=entity_id, event=event))
                 continue
+            if entity == "copy":
+                holds = row is not None and row["copy_state"] == "complete"
+                if holds and row is not None and not visible_to(row["copy_visibility"], viewer):
+                    holds = False
+                entries.append(FeedEntry(seq=seq, entity=entity, op="upsert" if holds else "delete", id=entity_id))
+                continue
             item = self._info(row) if row is not None else None
             if item is not None and not visible_to(item.visibility, viewer):
                 item = None

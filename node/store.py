@@ -213,6 +213,8 @@ class CmaStore:
                 *_ITEM_COLUMNS,
                 roster_events.c.body.label("event_body"),
                 roster_events.c.sig.label("event_sig"),
+                pins.c.state.label("copy_state"),
+                pins.c.visibility.label("copy_visibility"),
             )
             .select_from(
                 changes.outerjoin(items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id))
@@ -221,6 +223,7 @@ class CmaStore:
                     roster_events,
                     sa.and_(changes.c.entity == "roster", roster_events.c.id == changes.c.entity_id),
                 )
+                .outerjoin(pins, sa.and_(changes.c.entity == "copy", pins.c.content_hash == changes.c.entity_id))
             )
             .where(changes.c.seq > since)
             .order_by(changes.c.seq)
@@ -230,7 +233,8 @@ class CmaStore:
         async with self.engine.connect() as conn:
             for row in (await conn.execute(query)).mappings():
                 payload = None
-                if row["op"] == "upsert" and (row["id"] is not None or row["event_body"] is not None):
+                present = row["id"] is not None or row["event_body"] is not None or row["copy_state"] is not None
+                if row["op"] == "upsert" and present:
                     payload = dict(row)
                 out.append((row["seq"], row["entity"], row["op"], row["entity_id"], payload))
         return out
@@ -336,14 +340,21 @@ class CmaStore:
         async with self.engine.begin() as conn:
             await conn.execute(sa.insert(pins).values(**values))
 
-    async def update_pin(self, content_hash: str, values: dict[str, Any]) -> None:
-        async with self.engine.begin() as conn:
+    async def update_pin(self, content_hash: str, values: dict[str, Any], *, publish: bool = False) -> None:
+        """Update a pin; ``publish`` records the change in the feed (the copy's state or audience changed)."""
+        if not publish:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.update(pins).where(pins.c.content_hash == content_hash).values(**values))
+            return
+        async with self.feed_transaction() as conn:
             await conn.execute(sa.update(pins).where(pins.c.content_hash == content_hash).values(**values))
+            await self._record_change(conn, "copy", content_hash, "upsert", time.time())
 
     async def delete_pin(self, content_hash: str) -> bool:
         """Forget a pin; True if its blob is not also a local item's (so the file may go)."""
-        async with self.engine.begin() as conn:
+        async with self.feed_transaction() as conn:
             await conn.execute(sa.delete(pins).where(pins.c.content_hash == content_hash))
+            await self._record_change(conn, "copy", content_hash, "delete", time.time())
             used = (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == content_hash))).first()
             return used is None
 

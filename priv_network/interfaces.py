@@ -69,6 +69,7 @@ class SearchHit:
     online: bool
     node_name: str
     local: bool
+    holders: tuple[dict[str, object], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,6 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             name="sync every peer's feed",
             max_instances=1,
             coalesce=True,
-            next_run_time=None,
         )
         sched.start()
         log.info("scheduler started: sync every %.0fs (+ up to %ds jitter)", config.sync.interval, jitter)
@@ -215,7 +214,14 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         ItemsApi(node.cma, node.pins, node.traffic, node.broker).routes(),
         ShareApi(node.shares, node.traffic).routes(),
         PinsApi(node.pinner).routes(),
-        FederationApi(node.cma, node.network, identity, node.verifier.verify, node.traffic).routes(),
+        FederationApi(
+            cma=node.cma,
+            network=node.network,
+            identity=identity,
+            verify_with_key=node.verifier.verify,
+            traffic=node.traffic,
+            pins=node.pins,
+        ).routes(),
         NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),
         Pages(node.registry, node.cma, config.node.name).routes(),

@@ -91,6 +91,8 @@ class ItemInfo:
             raise InvalidInput("bad content or manifest hash")
         if info.size < 0:
             raise InvalidInput("negative item size")
+        if len(info.mime) > 128:  # the width of the column it is stored in
+            raise InvalidInput("item mime type is longer than 128 characters")
         return info
 
 
@@ -186,6 +188,11 @@ class FeedEntry:
             if event.id != ident:
                 raise InvalidInput("feed entry id does not match its event")
             return cls(seq=seq, entity=entity, op=op, id=ident, event=event)
+        if entity == "copy":
+            # This node holds (upsert) or no longer holds (delete) a verified copy of the content.
+            if op not in ("upsert", "delete") or not HASH_RE.match(ident):
+                raise InvalidInput("bad copy entry")
+            return cls(seq=seq, entity=entity, op=op, id=ident)
         if entity != "item":
             raise InvalidInput(f"unknown feed entity {entity[:20]!r}")
         if op not in ("upsert", "delete"):
@@ -250,6 +257,11 @@ class FeedPage:
                 raise InvalidInput("feed entry names another node as owner")
         if page.next < last:
             raise InvalidInput("feed cursor goes backwards")
+        if page.more and page.next <= page.since:
+            # A reader would ask for the same page again, forever.
+            raise InvalidInput("feed page says there is more but its cursor did not move")
+        if len(page.feed_id) > 64:
+            raise InvalidInput("feed id is longer than 64 characters")
         page.entries.extend(entries)
         return page
 
@@ -258,6 +270,8 @@ def _str(d: dict[str, Any], k: str) -> str:
     v = d[k]
     if not isinstance(v, str):
         raise InvalidInput(f"field {k!r} must be a string")
+    if "\x00" in v:  # PostgreSQL text cannot hold it: refuse the page, not fail half-way into it
+        raise InvalidInput(f"field {k!r} contains a NUL character")
     return v
 
 

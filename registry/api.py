@@ -35,6 +35,7 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
         "created_at": item.created_at,
         "content_url": f"/api/v1/items/{item.id}/content",
         "poster_url": f"/api/v1/items/{item.id}/poster" if item.has_poster else None,
+        "holders": [{"node": h["node_id"], "name": h["name"], "online": h["online"]} for h in hit.holders],
     }
 
 

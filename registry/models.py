@@ -51,3 +51,11 @@ entries = sa.Table(
     sa.Index("ix_registry_items_kind", "kind"),
     sqlite_autoincrement=True,
 )
+
+# Which member holds a verified copy of which content (from their feeds' "copy" entries).
+copies = sa.Table(
+    "registry_copies",
+    metadata,
+    sa.Column("node_id", sa.String(40), primary_key=True),
+    sa.Column("content_hash", sa.String(64), primary_key=True, index=True),
+)

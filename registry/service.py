@@ -10,6 +10,7 @@ that peer resets the backoff at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -247,10 +248,22 @@ class Registry:
         limit = max(1, min(limit, MAX_SEARCH_LIMIT))
         if len(query) > 500:
             raise InvalidInput("query is longer than 500 characters")
-        return [self._hit(h) for h in await self._store.search(query, limit, filters)]
+        return await self._with_holders([self._hit(h) for h in await self._store.search(query, limit, filters)])
 
     async def recent(self, limit: int = 50, filters: SearchFilters | None = None) -> list[SearchHit]:
-        return [self._hit(h) for h in await self._store.recent(max(1, min(limit, MAX_SEARCH_LIMIT)), filters)]
+        hits = [self._hit(h) for h in await self._store.recent(max(1, min(limit, MAX_SEARCH_LIMIT)), filters)]
+        return await self._with_holders(hits)
+
+    async def _with_holders(self, hits: list[SearchHit]) -> list[SearchHit]:
+        """Name the members holding a verified copy of each hit (besides its owner)."""
+        holders = await self._store.holders([h.item.content_hash for h in hits])
+        return [
+            dataclasses.replace(
+                h,
+                holders=tuple(x for x in holders.get(h.item.content_hash, []) if x["node_id"] != h.item.node),
+            )
+            for h in hits
+        ]
 
     async def peers(self) -> list[dict[str, Any]]:
         """Every member with its sync state, for `peers` and the network page."""

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from priv_network.interfaces import Peer, SearchFilters
 from priv_network.wire import FeedPage, ItemInfo
-from registry.models import entries, sources
+from registry.models import copies, entries, sources
 from registry.search import Hit, backend_for, normalize, query_words
 
 
@@ -54,7 +54,18 @@ class RegistryStore:
                 old = [r[0] for r in await conn.execute(sa.select(entries.c.id).where(entries.c.node_id == node_id))]
                 await backend.unindex(conn, old)
                 await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
+                await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
             for entry in page.entries:
+                if entry.entity == "roster":
+                    continue
+                if entry.entity == "copy":
+                    await conn.execute(
+                        sa.delete(copies).where(copies.c.node_id == node_id, copies.c.content_hash == entry.id)
+                    )
+                    if entry.op == "upsert":
+                        await conn.execute(sa.insert(copies).values(node_id=node_id, content_hash=entry.id))
+                    changed += 1
+                    continue
                 if entry.item is None:
                     ids = [
                         r[0]
@@ -162,6 +173,7 @@ class RegistryStore:
                 old = [r[0] for r in await conn.execute(sa.select(entries.c.id).where(entries.c.node_id == node_id))]
                 await self.search_backend.unindex(conn, old)
                 await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
+                await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
                 await conn.execute(sa.delete(sources).where(sources.c.node_id == node_id))
                 dropped.append(node_id)
             for peer in wanted.values():
@@ -206,3 +218,21 @@ class RegistryStore:
             return None
         data = dict(row)
         return Hit(row=data, source_name=data.pop("source_name") or "", online=bool(data.pop("source_online")))
+
+    async def holders(self, hashes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """For each content hash, the members holding a copy (name, URL, online)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        if not hashes:
+            return out
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(copies.c.content_hash, sources.c.node_id, sources.c.name, sources.c.url, sources.c.online)
+                .join(sources, sources.c.node_id == copies.c.node_id)
+                .where(copies.c.content_hash.in_(list(set(hashes))))
+                .order_by(sources.c.online.desc(), sources.c.name)
+            )
+            for row in rows.mappings():
+                out.setdefault(row["content_hash"], []).append(
+                    {"node_id": row["node_id"], "name": row["name"], "url": row["url"], "online": bool(row["online"])}
+                )
+        return out

@@ -38,10 +38,27 @@ POSTER_LIMIT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class Source:
+    """A node that can serve an item's bytes: its owner, or a member holding a verified copy."""
+
+    node_id: str
+    url: str
+    path: str
+    online: bool
+
+
+@dataclass(frozen=True)
 class RemoteItem:
     item: ItemInfo
     url: str
     online: bool
+    holders: tuple[Source, ...] = ()
+
+    def sources(self) -> list[Source]:
+        """Online nodes first, the owner before holders; offline ones last (they may be back)."""
+        owner = Source(self.item.node, self.url, f"/federation/v1/content/{self.item.id}", self.online)
+        everyone = [owner, *self.holders]
+        return [s for s in everyone if s.online] + [s for s in everyone if not s.online]
 
 
 class TransferAborted(ConnectionResetError):
@@ -78,37 +95,62 @@ class Broker:
         hit = await self._store.entry_by_item(item_id)
         if hit is None or hit.row["node_id"] == self.node_id:
             raise NotFound(f"no item {item_id}")
-        return RemoteItem(item=self._to_item(hit.row), url=str(hit.row["source_url"]), online=hit.online)
+        item = self._to_item(hit.row)
+        holders = (await self._store.holders([item.content_hash])).get(item.content_hash, [])
+        return RemoteItem(
+            item=item,
+            url=str(hit.row["source_url"]),
+            online=hit.online,
+            holders=tuple(
+                Source(h["node_id"], h["url"], f"/federation/v1/blobs/{item.content_hash}", h["online"])
+                for h in holders
+                if h["node_id"] not in (self.node_id, item.node)
+            ),
+        )
 
     async def item(self, item_id: str) -> ItemInfo:
         return (await self.remote_item(item_id)).item
 
     async def manifest(self, remote: RemoteItem) -> bytes:
+        """The item's block manifest, from its owner or any holder, checked against the signed catalog."""
         item = remote.item
         cached = self._manifests.get(item.manifest_hash)
         if cached is not None:
             self._manifests.move_to_end(item.manifest_hash)
             return cached
-        data = await self.client.get(remote.url, f"/federation/v1/manifest/{item.id}")
+        failure: PrivNetworkError = PeerUnreachable(f"no member that has {item.id} can be reached")
+        for source in remote.sources():
+            path = f"{source.path}/manifest" if source.node_id != item.node else f"/federation/v1/manifest/{item.id}"
+            try:
+                data = await self.client.get(source.url, path)
+            except (PeerUnreachable, NotFound) as exc:
+                failure = exc
+                continue
+            blocks = self._check_manifest(item, data)
+            if blocks is None:
+                await self._penalize(source.node_id, f"sent a manifest for {item.id} that does not match")
+                failure = InvalidInput(f"the manifest from {source.url} does not match the signed catalog")
+                continue
+            self._manifests[item.manifest_hash] = blocks
+            while len(self._manifests) > MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+            return blocks
+        raise failure
+
+    @staticmethod
+    def _check_manifest(item: ItemInfo, data: Any) -> bytes | None:
         try:
-            if not isinstance(data, dict):
-                raise TypeError
             blocks = base64.b64decode(data["blocks"], validate=True)
             block_size, size = int(data["block_size"]), int(data["size"])
         except (KeyError, TypeError, ValueError):
-            await self._penalize(item.node, "sent a malformed manifest")
-            raise InvalidInput(f"{remote.url} sent a malformed manifest for {item.id}") from None
+            return None
         if (
             block_size != item.block_size
             or size != item.size
-            or len(blocks) != 32 * block_count(size, block_size)
+            or len(blocks) != HASH_LEN * block_count(size, block_size)
             or manifest_hash(block_size, size, blocks) != item.manifest_hash
         ):
-            await self._penalize(item.node, "sent a manifest that does not match its catalog entry")
-            raise InvalidInput(f"the manifest from {remote.url} for {item.id} does not match the signed catalog")
-        self._manifests[item.manifest_hash] = blocks
-        while len(self._manifests) > MANIFEST_CACHE:
-            self._manifests.popitem(last=False)
+            return None
         return blocks
 
     async def stream(self, request: web.Request, item_id: str) -> web.StreamResponse:
@@ -135,19 +177,31 @@ class Broker:
         first, last = rng.start // bs, (rng.stop - 1) // bs
         up_start, up_stop = first * bs, min(item.size, (last + 1) * bs)
         headers = {"Range": f"bytes={up_start}-{up_stop - 1}"}
-        async with self.client.stream(remote.url, f"/federation/v1/content/{item.id}", headers=headers) as upstream:
-            expected = f"bytes {up_start}-{up_stop - 1}/{item.size}"
-            whole = up_start == 0 and up_stop == item.size and upstream.status == 200
-            if not whole and (upstream.status != 206 or upstream.headers.get(hdrs.CONTENT_RANGE) != expected):
-                await self._penalize(item.node, "answered a range request with the wrong range")
-                raise PeerUnreachable(f"{remote.url} answered with the wrong range")
-            await response.prepare(request)
+        failure: PrivNetworkError = PeerUnreachable(f"no member that has {item.id} can be reached")
+        for source in remote.sources():
             try:
-                await self._relay(request, response, upstream, item=item, manifest=manifest, rng=rng)
-            finally:
-                await self.traffic.add(f"peer:{item.node}", "received", upstream.content.total_bytes)
-        await response.write_eof()
-        return response
+                async with self.client.stream(source.url, source.path, headers=headers) as upstream:
+                    expected = f"bytes {up_start}-{up_stop - 1}/{item.size}"
+                    whole = up_start == 0 and up_stop == item.size and upstream.status == 200
+                    if not whole and (upstream.status != 206 or upstream.headers.get(hdrs.CONTENT_RANGE) != expected):
+                        await self._penalize(source.node_id, "answered a range request with the wrong range")
+                        raise PeerUnreachable(f"{source.url} answered with the wrong range")
+                    await response.prepare(request)
+                    try:
+                        await self._relay(
+                            request, response, upstream, source=source, item=item, manifest=manifest, rng=rng
+                        )
+                    finally:
+                        await self.traffic.add(f"peer:{source.node_id}", "received", upstream.content.total_bytes)
+            except (PeerUnreachable, NotFound) as exc:
+                if response.prepared:
+                    raise
+                log.info("cannot get %s from %s: %s; trying the next holder", item.id, source.node_id, exc.message)
+                failure = exc
+                continue
+            await response.write_eof()
+            return response
+        raise failure
 
     async def _relay(
         self,
@@ -155,6 +209,7 @@ class Broker:
         response: web.StreamResponse,
         upstream: aiohttp.ClientResponse,
         *,
+        source: Source,
         item: ItemInfo,
         manifest: bytes,
         rng: ByteRange,
@@ -168,11 +223,11 @@ class Broker:
             try:
                 block = await upstream.content.readexactly(length)
             except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-                log.warning("transfer of %s from %s cut at block %d: %s", item.id, item.node, index, exc)
-                await self._abort(request, item, f"stopped sending at block {index}")
+                log.warning("transfer of %s from %s cut at block %d: %s", item.id, source.node_id, index, exc)
+                await self._abort(request, source, f"stopped sending {item.id} at block {index}")
             if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
-                log.warning("block %d of %s from %s does not match its manifest", index, item.id, item.node)
-                await self._abort(request, item, f"sent a corrupt block {index} of {item.id}")
+                log.warning("block %d of %s from %s does not match its manifest", index, item.id, source.node_id)
+                await self._abort(request, source, f"sent a corrupt block {index} of {item.id}")
             lo = max(rng.start, pos) - pos
             hi = min(rng.stop, pos + length) - pos
             await response.write(block if (lo, hi) == (0, length) else block[lo:hi])
@@ -181,11 +236,11 @@ class Broker:
     async def penalize(self, node_id: str, reason: str) -> None:
         await self._penalize(node_id, reason)
 
-    async def _abort(self, request: web.Request, item: ItemInfo, reason: str) -> None:
-        await self._penalize(item.node, reason)
+    async def _abort(self, request: web.Request, source: Source, reason: str) -> None:
+        await self._penalize(source.node_id, reason)
         if request.transport is not None:
             request.transport.abort()
-        raise TransferAborted(f"transfer of {item.id} aborted: {reason}")
+        raise TransferAborted(f"transfer aborted: {source.node_id} {reason}")
 
     async def poster(self, item_id: str) -> web.Response:
         remote = await self.remote_item(item_id)
@@ -243,21 +298,17 @@ class Pinner:
         try:
             manifest = await self._broker.manifest(remote)
             done = await self._pins.begin(item, manifest)
-            bs = item.block_size
-            if done < item.size:
-                headers = {"Range": f"bytes={done}-{item.size - 1}"}
-                client = self._broker.client
-                async with client.stream(remote.url, f"/federation/v1/content/{item.id}", headers=headers) as up:
-                    expected = f"bytes {done}-{item.size - 1}/{item.size}"
-                    if not (up.status == 206 and up.headers.get(hdrs.CONTENT_RANGE) == expected) and not (
-                        done == 0 and up.status == 200
-                    ):
-                        raise PeerUnreachable(f"{remote.url} answered the pin with the wrong range")
-                    index = done // bs
-                    try:
-                        await self._copy(item, up, manifest, done, index)
-                    finally:
-                        await self._traffic.add(f"peer:{item.node}", "received", up.content.total_bytes)
+            failure: PrivNetworkError | None = None
+            for source in remote.sources() if done < item.size else []:
+                try:
+                    done = await self._fetch_from(source, item, manifest, done)
+                    failure = None
+                    break
+                except (PeerUnreachable, NotFound) as exc:
+                    failure = exc
+                    done = int((await self._pins.get(item.content_hash) or {}).get("verified_bytes", done))
+            if failure is not None:
+                raise failure
             await self._pins.finish(item.content_hash)
         except asyncio.CancelledError:
             raise
@@ -268,10 +319,25 @@ class Pinner:
             log.exception("pin of %s crashed", item.id)
             await self._pins.fail(item.content_hash, f"internal error: {type(exc).__name__}")
 
+    async def _fetch_from(self, source: Source, item: ItemInfo, manifest: bytes, done: int) -> int:
+        headers = {"Range": f"bytes={done}-{item.size - 1}"}
+        async with self._broker.client.stream(source.url, source.path, headers=headers) as up:
+            expected = f"bytes {done}-{item.size - 1}/{item.size}"
+            if not (up.status == 206 and up.headers.get(hdrs.CONTENT_RANGE) == expected) and not (
+                done == 0 and up.status == 200
+            ):
+                raise PeerUnreachable(f"{source.url} answered the pin with the wrong range")
+            try:
+                await self._copy(item, source, up, manifest, done)
+            finally:
+                await self._traffic.add(f"peer:{source.node_id}", "received", up.content.total_bytes)
+        return item.size
+
     async def _copy(
-        self, item: ItemInfo, upstream: aiohttp.ClientResponse, manifest: bytes, done: int, index: int
+        self, item: ItemInfo, source: Source, upstream: aiohttp.ClientResponse, manifest: bytes, done: int
     ) -> None:
         bs = item.block_size
+        index = done // bs
         while done < item.size:
             length = min(bs, item.size - done)
             try:
@@ -279,7 +345,7 @@ class Pinner:
             except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError) as exc:
                 raise PeerUnreachable(f"the owner stopped sending at block {index}: {type(exc).__name__}") from None
             if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
-                await self._broker.penalize(item.node, f"sent a corrupt block {index} of {item.id}")
+                await self._broker.penalize(source.node_id, f"sent a corrupt block {index} of {item.id}")
                 raise InvalidInput(f"block {index} of {item.id} is corrupt")
             done = await self._pins.write_block(item.content_hash, index, block)
             index += 1
