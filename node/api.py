@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from node.community import Community
 from node.network import Network
 from node.pins import Pins
 from node.service import ContentManager
@@ -17,13 +18,14 @@ from node.shares import Shares
 from node.traffic import Traffic
 from priv_network import __version__
 from priv_network.config import parse_duration
-from priv_network.errors import ConfigError, InvalidInput, NotFound, Unauthorized
+from priv_network.errors import ConfigError, InvalidInput, NotFound, PrivNetworkError, Unauthorized
 from priv_network.http import int_param, json_body, peer_of, principal_of, require_admin
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
 from priv_network.wire import ItemInfo, RosterEvent, check_item_id
 
 MAX_ANNOUNCED_EVENTS = 16
+MAX_INBOX = 1000
 
 # One satisfiable-looking byte range. Anything else (other units, several
 # ranges, garbage) is ignored and the whole file is sent with 200, as RFC 9110
@@ -58,6 +60,11 @@ class _RangeSafeFileResponse(web.FileResponse):
     """FileResponse that serves 200 for a Range header it should ignore."""
 
     async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:
+            # send_counted() sends the file inside the handler, and aiohttp calls prepare()
+            # again on the returned response; unlike StreamResponse's, FileResponse's prepare
+            # is not idempotent (it would send the body again or fail on set_status).
+            return await web.StreamResponse.prepare(self, request)
         value = request.headers.get(hdrs.RANGE)
         if value is not None and (not _SINGLE_RANGE.match(value) or not await self._if_range_holds(request)):
             headers = request.headers.copy()
@@ -164,7 +171,15 @@ def _range_start(header: str | None) -> int:
 class ItemsApi:
     """Items of this node; a peer's items (known from the registry) go through the broker."""
 
-    def __init__(self, cma: ContentManager, pins: Pins, traffic: Traffic, broker: ContentBroker | None = None) -> None:
+    def __init__(
+        self,
+        cma: ContentManager,
+        pins: Pins,
+        traffic: Traffic,
+        community: Community,
+        broker: ContentBroker | None = None,
+    ) -> None:
+        self.community = community
         self.cma = cma
         self.pins = pins
         self.traffic = traffic
@@ -217,9 +232,14 @@ class ItemsApi:
     async def get_item(self, request: web.Request) -> web.Response:
         item_id = request.match_info["id"]
         if await self._is_local(item_id):
-            return web.json_response(item_json(await self.cma.get_item(item_id)))
+            out = item_json(await self.cma.get_item(item_id))
+            out["views"] = (await self.community.view_totals([item_id])).get(item_id, 0)
+            return web.json_response(out)
         assert self.broker is not None
-        return web.json_response(item_json(await self.broker.item(item_id)))
+        item = await self.broker.item(item_id)
+        out = item_json(item)
+        out["views"] = await self.broker.views(item)
+        return web.json_response(out)
 
     async def update_item(self, request: web.Request) -> web.Response:
         require_admin(request)
@@ -303,9 +323,11 @@ class FederationApi:
         verify_with_key: Callable[..., str],
         traffic: Traffic,
         pins: Pins,
+        community: Community,
     ) -> None:
         self.traffic = traffic
         self.pins = pins
+        self.community = community
         self.cma = cma
         self.network = network
         self.identity = identity
@@ -322,6 +344,7 @@ class FederationApi:
             web.get("/federation/v1/poster/{id}", self.poster),
             web.post("/federation/v1/join", self.join),
             web.post("/federation/v1/roster", self.roster),
+            web.post("/federation/v1/inbox", self.inbox),
         ]
 
     async def node_document(self, request: web.Request) -> web.Response:
@@ -415,6 +438,65 @@ class FederationApi:
         if added:
             await self.cma.notify_changed()
         return web.json_response({"members_added": added})
+
+    async def inbox(self, request: web.Request) -> web.Response:
+        """Comments, edits, deletions and views that members deliver to this owner.
+
+        Each message carries its own ID (the idempotency key): a redelivered
+        message is accepted again without effect. The answer says, per ID,
+        "ok" or "rejected: why" (a rejection is final; the sender stops retrying).
+        """
+        peer = peer_of(request)
+        body = await json_body(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not 0 < len(messages) <= MAX_INBOX:
+            raise InvalidInput(f"messages must be a list of 1-{MAX_INBOX} messages")
+        known = self.network.peer(peer)
+        node_name = known.name if known is not None else peer
+        results: dict[str, str] = {}
+        receipts: list[tuple[str, str, float]] = []
+        for message in messages:
+            if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+                raise InvalidInput("each message needs an id")
+            mid, kind, data = message["id"][:64], message.get("kind"), message.get("payload")
+            try:
+                if not isinstance(data, dict):
+                    raise InvalidInput("message payload must be an object")
+                if kind == "view":
+                    at = data.get("at")
+                    if not isinstance(data.get("item"), str) or isinstance(at, bool) or not isinstance(at, int | float):
+                        raise InvalidInput("a view names an item and a time")
+                    receipts.append((mid, data["item"], float(at)))
+                elif kind == "comment":
+                    await self.community.add(
+                        comment_id=mid,
+                        item_id=check_item_id(str(data.get("item"))),
+                        parent_id=data.get("parent") if isinstance(data.get("parent"), str) else None,
+                        author=str(data.get("author", "")),
+                        author_node=peer,
+                        author_node_name=node_name,
+                        body=data.get("body"),
+                        viewer=peer,
+                        created_at=data.get("created_at") if isinstance(data.get("created_at"), float) else None,
+                    )
+                elif kind == "comment_edit":
+                    await self.community.edit(
+                        str(data.get("comment")), data.get("body"), author=str(data.get("author")), author_node=peer
+                    )
+                elif kind == "comment_delete":
+                    await self.community.delete(
+                        str(data.get("comment")), author=str(data.get("author")), author_node=peer, owner=False
+                    )
+                else:
+                    raise InvalidInput(f"unknown message kind {str(kind)[:20]!r}")
+                results[mid] = "ok"
+            except PrivNetworkError as exc:
+                results[mid] = f"rejected: {exc.message}"
+        if receipts:
+            await self.community.add_views(receipts, viewer=peer)
+            for mid, _item, _at in receipts:
+                results[mid] = "ok"
+        return web.json_response({"results": results})
 
 
 class NetworkApi:

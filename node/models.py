@@ -167,3 +167,37 @@ traffic = sa.Table(
     sa.Column("direction", sa.String(8), primary_key=True),
     sa.Column("bytes", sa.BigInteger, nullable=False),
 )
+
+# -- community: the owner's authoritative comments and view totals ---------------
+
+comments = sa.Table(
+    "comments",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("item_id", sa.String(32), sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("parent_id", sa.String(32)),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("author", sa.String(64), nullable=False),
+    sa.Column("author_node", sa.String(40), nullable=False),
+    sa.Column("author_node_name", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("edited_at", sa.Float),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# Every view delivery accepted, by its idempotency key, so a replay never counts twice.
+view_receipts = sa.Table(
+    "view_receipts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("item_id", sa.String(32), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+item_views = sa.Table(
+    "item_views",
+    metadata,
+    sa.Column("item_id", sa.String(32), primary_key=True),
+    sa.Column("total", sa.BigInteger, nullable=False),
+)

@@ -30,13 +30,30 @@ from priv_network.interfaces import (
     NodeStatus,
     Principal,
 )
-from priv_network.wire import FeedEntry, FeedPage, ItemInfo, RosterEvent, check_item_id
+from priv_network.wire import CommentInfo, FeedEntry, FeedPage, ItemInfo, RosterEvent, check_item_id
 
 log = logging.getLogger(__name__)
 
 VISIBILITY_HELP = "visibility must be private, network or peers:ID,ID"
 MAX_TITLE = 500
 SESSION_TTL = 30 * 86400
+
+
+def comment_from_row(row: dict[str, Any], prefix: str = "") -> CommentInfo:
+    deleted = bool(row[f"{prefix}deleted"])
+    return CommentInfo(
+        id=row[f"{prefix}id"],
+        item=row[f"{prefix}item_id"],
+        parent=row[f"{prefix}parent_id"],
+        depth=int(row[f"{prefix}depth"]),
+        author=row[f"{prefix}author"],
+        author_node=row[f"{prefix}author_node"],
+        author_node_name=row[f"{prefix}author_node_name"],
+        body="" if deleted else row[f"{prefix}body"],
+        created_at=float(row[f"{prefix}created_at"]),
+        edited_at=row[f"{prefix}edited_at"],
+        deleted=deleted,
+    )
 
 
 def visible_to(visibility: str, viewer: str | None) -> bool:
@@ -187,6 +204,8 @@ class ContentManager:
         check_item_id(item_id)
         if not await self._store.update_item(item_id, {"visibility": check_visibility(visibility)}):
             raise NotFound(f"no item {item_id}")
+        # Comments and views follow the item to its new audience (and leave the old one).
+        await self._store.republish_item_extras(item_id)
         await self.notify_changed()
         return await self.get_item(item_id)
 
@@ -229,7 +248,25 @@ class ContentManager:
         more = len(rows) > limit
         rows = rows[:limit]
         entries = []
+        extra_items = [
+            (row["comment_item_id"] if entity == "comment" else entity_id)
+            for _s, entity, _o, entity_id, row in rows
+            if row is not None and entity in ("comment", "views")
+        ]
+        audience = await self._store.visibilities(extra_items)
         for seq, entity, _op, entity_id, row in rows:
+            if entity in ("comment", "views"):
+                item_id = row["comment_item_id"] if row is not None and entity == "comment" else entity_id
+                shown = row is not None and visible_to(audience.get(item_id, "private"), viewer)
+                if not shown or row is None:
+                    entries.append(FeedEntry(seq=seq, entity=entity, op="delete", id=entity_id))
+                elif entity == "comment":
+                    comment = comment_from_row(row, prefix="comment_")
+                    entries.append(FeedEntry(seq=seq, entity=entity, op="upsert", id=entity_id, comment=comment))
+                else:
+                    total = int(row["views_total"])
+                    entries.append(FeedEntry(seq=seq, entity=entity, op="upsert", id=entity_id, total=total))
+                continue
             if entity == "roster":
                 if row is None:
                     continue

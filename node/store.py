@@ -17,7 +17,9 @@ from node.models import (
     api_tokens,
     blobs,
     changes,
+    comments,
     invites,
+    item_views,
     items,
     members,
     node_meta,
@@ -26,6 +28,7 @@ from node.models import (
     shares,
     source_files,
     traffic,
+    view_receipts,
 )
 
 _ITEM_COLUMNS = [*items.c, blobs.c.block_size, blobs.c.manifest_hash, blobs.c.poster]
@@ -215,6 +218,8 @@ class CmaStore:
                 roster_events.c.sig.label("event_sig"),
                 pins.c.state.label("copy_state"),
                 pins.c.visibility.label("copy_visibility"),
+                *[c.label(f"comment_{c.name}") for c in comments.c],
+                item_views.c.total.label("views_total"),
             )
             .select_from(
                 changes.outerjoin(items, sa.and_(changes.c.entity == "item", items.c.id == changes.c.entity_id))
@@ -224,6 +229,10 @@ class CmaStore:
                     sa.and_(changes.c.entity == "roster", roster_events.c.id == changes.c.entity_id),
                 )
                 .outerjoin(pins, sa.and_(changes.c.entity == "copy", pins.c.content_hash == changes.c.entity_id))
+                .outerjoin(comments, sa.and_(changes.c.entity == "comment", comments.c.id == changes.c.entity_id))
+                .outerjoin(
+                    item_views, sa.and_(changes.c.entity == "views", item_views.c.item_id == changes.c.entity_id)
+                )
             )
             .where(changes.c.seq > since)
             .order_by(changes.c.seq)
@@ -233,7 +242,9 @@ class CmaStore:
         async with self.engine.connect() as conn:
             for row in (await conn.execute(query)).mappings():
                 payload = None
-                present = row["id"] is not None or row["event_body"] is not None or row["copy_state"] is not None
+                present = any(
+                    row[k] is not None for k in ("id", "event_body", "copy_state", "comment_id", "views_total")
+                )
                 if row["op"] == "upsert" and present:
                     payload = dict(row)
                 out.append((row["seq"], row["entity"], row["op"], row["entity_id"], payload))
@@ -423,3 +434,85 @@ class CmaStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(traffic).where(traffic.c.hour >= hour).order_by(traffic.c.hour))
             return [dict(r) for r in rows.mappings()]
+
+    # -- community ------------------------------------------------------------
+    async def get_comment(self, comment_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(comments).where(comments.c.id == comment_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def item_comments(self, item_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(comments).where(comments.c.item_id == item_id).order_by(comments.c.created_at, comments.c.id)
+            )
+            return [dict(r) for r in rows.mappings()]
+
+    async def insert_comment(self, values: dict[str, Any]) -> bool:
+        """Store a new comment once (its ID is the author's idempotency key)."""
+        async with self.feed_transaction() as conn:
+            seen = await conn.execute(sa.select(comments.c.id).where(comments.c.id == values["id"]))
+            if seen.first() is not None:
+                return False
+            await conn.execute(sa.insert(comments).values(**values))
+            await self._record_change(conn, "comment", values["id"], "upsert", time.time())
+            return True
+
+    async def update_comment(self, comment_id: str, values: dict[str, Any]) -> None:
+        async with self.feed_transaction() as conn:
+            await conn.execute(sa.update(comments).where(comments.c.id == comment_id).values(**values))
+            await self._record_change(conn, "comment", comment_id, "upsert", time.time())
+
+    async def add_views(self, receipts: list[tuple[str, str, float]]) -> dict[str, int]:
+        """Count view deliveries not seen before; returns the new totals of the items that changed."""
+        changed: dict[str, int] = {}
+        async with self.feed_transaction() as conn:
+            ids = [r[0] for r in receipts]
+            seen = {r[0] for r in await conn.execute(sa.select(view_receipts.c.id).where(view_receipts.c.id.in_(ids)))}
+            counts: dict[str, int] = {}
+            for receipt_id, item_id, at in receipts:
+                if receipt_id in seen:
+                    continue
+                seen.add(receipt_id)
+                await conn.execute(sa.insert(view_receipts).values(id=receipt_id, item_id=item_id, at=at))
+                counts[item_id] = counts.get(item_id, 0) + 1
+            for item_id, n in counts.items():
+                result = await conn.execute(
+                    sa.update(item_views).where(item_views.c.item_id == item_id).values(total=item_views.c.total + n)
+                )
+                if not result.rowcount:
+                    await conn.execute(sa.insert(item_views).values(item_id=item_id, total=n))
+                total = (
+                    await conn.execute(sa.select(item_views.c.total).where(item_views.c.item_id == item_id))
+                ).scalar_one()
+                changed[item_id] = int(total)
+                await self._record_change(conn, "views", item_id, "upsert", time.time())
+        return changed
+
+    async def view_totals(self, item_ids: Sequence[str]) -> dict[str, int]:
+        if not item_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(item_views.c.item_id, item_views.c.total).where(item_views.c.item_id.in_(list(item_ids)))
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+    async def republish_item_extras(self, item_id: str) -> None:
+        """Renumber an item's comments and view total, so readers get them again (as its audience changed)."""
+        async with self.feed_transaction() as conn:
+            now = time.time()
+            for (comment_id,) in await conn.execute(sa.select(comments.c.id).where(comments.c.item_id == item_id)):
+                await self._record_change(conn, "comment", comment_id, "upsert", now)
+            has_views = await conn.execute(sa.select(item_views.c.item_id).where(item_views.c.item_id == item_id))
+            if has_views.first() is not None:
+                await self._record_change(conn, "views", item_id, "upsert", now)
+
+    async def visibilities(self, item_ids: Sequence[str]) -> dict[str, str]:
+        if not item_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(items.c.id, items.c.visibility).where(items.c.id.in_(list(set(item_ids))))
+            )
+            return {r[0]: r[1] for r in rows}

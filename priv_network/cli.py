@@ -484,6 +484,38 @@ async def cmd_shares(client: AdminClient, args: argparse.Namespace, out: IO[str]
     return EXIT_OK
 
 
+async def cmd_comments(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    comments = (await client.get(f"/api/v1/items/{args.id}/comments"))["comments"]
+    if args.json:
+        out.write(json.dumps(comments, indent=2) + "\n")
+        return EXIT_OK
+    if not comments:
+        out.write("no comments yet\n")
+        return EXIT_OK
+    for c in comments:
+        indent = "  " * int(c["depth"])
+        flags = []
+        if c["state"] != "published":
+            flags.append(c["state"] + (f": {c['error']}" if c.get("error") else ""))
+        if c["former_member"]:
+            flags.append("former member")
+        if c["edited_at"] and not c["deleted"]:
+            flags.append("edited")
+        note = f" ({', '.join(flags)})" if flags else ""
+        text = "[deleted]" if c["deleted"] else c["body"].replace("\n", "\n" + indent + "    ")
+        out.write(f"{indent}{c['author']}{note}  [{c['id']}]\n{indent}    {text}\n")
+    return EXIT_OK
+
+
+async def cmd_comment(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    body: dict[str, Any] = {"body": args.text}
+    if args.reply_to:
+        body["parent_id"] = args.reply_to
+    comment = await client.post(f"/api/v1/items/{args.id}/comments", body)
+    out.write(f"{comment['id']}  {comment['state']}\n")
+    return EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -569,6 +601,17 @@ def build_parser() -> Parser:
     p = sub.add_parser("shares", help="list share links")
     p.add_argument("--json", action="store_true")
     p.set_defaults(remote=cmd_shares)
+
+    p = sub.add_parser("comments", help="show an item's comment thread")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_comments)
+
+    p = sub.add_parser("comment", help="comment on an item (delivered to its owner)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--reply-to", metavar="COMMENT_ID", help="answer this comment")
+    p.set_defaults(remote=cmd_comment)
 
     p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
     p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")

@@ -169,6 +169,13 @@ class NetworkSection:
 
 
 @dataclass(frozen=True)
+class CommunitySection:
+    view_threshold: float = _setting(30.0, "Playback that counts as a view (or half of a shorter item).", "duration")
+    view_window: float = _setting(6 * 3600.0, "A user's views of one item count at most once per this.", "duration")
+    comment_max_length: int = _setting(5000, "Longest comment, in characters.", "int")
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = _setting("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
 
@@ -180,6 +187,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSection,
     "sync": SyncSection,
     "network": NetworkSection,
+    "community": CommunitySection,
     "log": LogSection,
 }
 
@@ -193,6 +201,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     sync: SyncSection = field(default_factory=SyncSection)
     network: NetworkSection = field(default_factory=NetworkSection)
+    community: CommunitySection = field(default_factory=CommunitySection)
     log: LogSection = field(default_factory=LogSection)
 
     @property
@@ -279,6 +288,10 @@ def validate(config: Config) -> None:
         raise ConfigError("[sync] interval, page_size and max_concurrent must be positive")
     if not 0 < config.sync.backoff_min <= config.sync.backoff_max:
         raise ConfigError("[sync] backoff_min must be positive and at most backoff_max")
+    if not 1 <= config.community.comment_max_length <= 20000:
+        raise ConfigError("[community] comment_max_length must be between 1 and 20000")
+    if config.community.view_threshold <= 0 or config.community.view_window < 0:
+        raise ConfigError("[community] view_threshold must be positive and view_window not negative")
     if config.network.signature_window < 5:
         raise ConfigError("[network] signature_window must be at least 5s")
 

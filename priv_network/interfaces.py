@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from priv_network.wire import FeedPage, ItemInfo, RosterEvent
+from priv_network.wire import CommentInfo, FeedPage, ItemInfo, RosterEvent
 
 # Called by the CMA after any change to its feed; the manager uses it to pull
 # the node's own feed into the registry at once.
@@ -70,6 +70,7 @@ class SearchHit:
     node_name: str
     local: bool
     holders: tuple[dict[str, object], ...] = ()
+    views: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class ContentBroker(Protocol):
 
     async def item(self, item_id: str) -> ItemInfo: ...
 
+    async def views(self, item: ItemInfo) -> int: ...
+
     async def stream(self, request: web.Request, item_id: str) -> web.StreamResponse: ...
 
     async def poster(self, item_id: str) -> web.Response: ...
@@ -178,3 +181,27 @@ class TrafficMeter(Protocol):
     """Counts bytes moved per subject ("peer:ID", "share:ID") and direction ("sent", "received")."""
 
     async def add(self, subject: str, direction: str, n: int) -> None: ...
+
+
+class LocalCommunity(Protocol):
+    """The CMA's comments and view totals on this node's own items."""
+
+    async def add(
+        self,
+        *,
+        comment_id: str,
+        item_id: str,
+        parent_id: str | None,
+        author: str,
+        author_node: str,
+        author_node_name: str,
+        body: str,
+        viewer: str | None,
+        created_at: float | None = None,
+    ) -> CommentInfo: ...
+
+    async def edit(self, comment_id: str, body: str, *, author: str, author_node: str) -> CommentInfo: ...
+
+    async def delete(self, comment_id: str, *, author: str | None, author_node: str | None, owner: bool) -> None: ...
+
+    async def add_views(self, receipts: list[tuple[str, str, float]], viewer: str | None) -> dict[str, int]: ...

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from priv_network.errors import RangeNotSatisfiable
 
-_SINGLE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)-(\d*)|-(\d+))\s*$")
+# ASCII only: digits of other scripts (which int() accepts) are not HTTP DIGITs.
+_SINGLE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)-(\d*)|-(\d+))\s*$", re.ASCII)
 
 
 @dataclass(frozen=True)

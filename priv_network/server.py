@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.api import FederationApi, ItemsApi, NetworkApi, ShareApi
 from node.blobs import BlobStore
+from node.community import Community
 from node.network import Network
 from node.pins import Pins
 from node.service import ContentManager
@@ -38,7 +39,8 @@ from priv_network.keys import AUTHENTICATOR, CONFIG, FEDERATION_GATE
 from priv_network.peerclient import PeerClient
 from priv_network.signing import Signer, Verifier
 from priv_network.wire import FeedPage
-from registry.api import PinsApi, SearchApi
+from registry.api import CommunityApi, PinsApi, SearchApi
+from registry.community import CommunityService
 from registry.service import Registry
 from registry.store import RegistryStore
 from registry.transfer import Broker, Pinner
@@ -109,13 +111,30 @@ class Node:
         self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
         self.registry.after_round(self.pinner.reconcile)
+        self.community = Community(store=self.cma_store, cma=self.cma, max_length=config.community.comment_max_length)
+        self.community_service = CommunityService(
+            store=self.registry_store,
+            local=self.community,
+            directory=self.network,
+            node_id=identity.node_id,
+            node_name=config.node.name,
+            view_threshold=config.community.view_threshold,
+            view_window=config.community.view_window,
+            max_length=config.community.comment_max_length,
+            refresh=self.registry.refresh_peer,
+        )
+        self.registry.after_round(self._deliver_outbox)
         self.cma.add_listener(self.registry.on_local_change)
         self.signer = Signer(identity)
         self.verifier = Verifier(self.network.public_key_for, window=config.network.signature_window)
 
+    async def _deliver_outbox(self) -> None:
+        await self.community_service.deliver()
+
     async def peer_seen(self, node_id: str) -> None:
         await self.network.peer_seen(node_id)
-        await self.registry.peer_seen(node_id)
+        if await self.registry.peer_seen(node_id):
+            await self.community_service.owner_back(node_id)
 
     async def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -128,7 +147,7 @@ async def initialize(config: Config, identity: NodeIdentity) -> str:
     try:
         await db.upgrade(node.engine)
         await node.cma.bootstrap()
-        return await node.cma.create_token("admin (CLI)", admin=True, kind="admin")
+        return await node.cma.create_token("admin", admin=True, kind="admin")
     finally:
         await node.close()
 
@@ -170,6 +189,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             node.network.set_client(client)
             node.registry.set_client(client)
             node.broker.set_client(client)
+            node.community_service.set_client(client)
             yield
 
     async def services(app: web.Application) -> AsyncIterator[None]:
@@ -177,7 +197,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         await node.network.start()
         await node.registry.start()
         await node.pinner.reconcile()
+        node.community_service.deliver_soon()
         yield
+        await node.community_service.close()
         await node.pinner.close()
         await node.registry.close()
 
@@ -211,7 +233,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
     app.cleanup_ctx.extend([database, http_client, services, scheduler])
     for routes in (
-        ItemsApi(node.cma, node.pins, node.traffic, node.broker).routes(),
+        ItemsApi(node.cma, node.pins, node.traffic, node.community, node.broker).routes(),
         ShareApi(node.shares, node.traffic).routes(),
         PinsApi(node.pinner).routes(),
         FederationApi(
@@ -221,7 +243,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             verify_with_key=node.verifier.verify,
             traffic=node.traffic,
             pins=node.pins,
+            community=node.community,
         ).routes(),
+        CommunityApi(node.community_service).routes(),
         NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),
         Pages(node.registry, node.cma, config.node.name).routes(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,9 +155,79 @@ class RosterEvent:
         return event
 
 
+COMMENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MAX_COMMENT_DEPTH = 5
+
+
+def clean_comment_body(body: Any, max_length: int) -> str:
+    """Plain text only: no control characters but newlines and tabs; valid UTF-8; length-limited."""
+    if not isinstance(body, str):
+        raise InvalidInput("a comment is text")
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("a comment must be valid UTF-8") from None
+    cleaned = "".join(
+        ch for ch in body.replace("\r\n", "\n") if ch in "\n\t" or unicodedata.category(ch)[0] != "C"
+    ).strip()
+    if not cleaned:
+        raise InvalidInput("a comment cannot be empty")
+    if len(cleaned) > max_length:
+        raise InvalidInput(f"a comment can be at most {max_length} characters ({len(cleaned)} given)")
+    return cleaned
+
+
+@dataclass(frozen=True)
+class CommentInfo:
+    """A comment as the item's owner publishes it (the owner's copy is authoritative)."""
+
+    id: str
+    item: str
+    parent: str | None
+    depth: int
+    author: str
+    author_node: str
+    author_node_name: str
+    body: str
+    created_at: float
+    edited_at: float | None
+    deleted: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> CommentInfo:
+        if not isinstance(data, dict):
+            raise InvalidInput("comment must be an object")
+        try:
+            info = cls(
+                id=_str(data, "id"),
+                item=_str(data, "item"),
+                parent=_opt_str(data, "parent"),
+                depth=_int(data, "depth"),
+                author=_str(data, "author"),
+                author_node=_str(data, "author_node"),
+                author_node_name=_str(data, "author_node_name"),
+                body=_str(data, "body"),
+                created_at=_num(data, "created_at"),
+                edited_at=_opt_num(data, "edited_at"),
+                deleted=_bool(data, "deleted"),
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"comment is missing field {exc.args[0]!r}") from None
+        if not COMMENT_ID_RE.match(info.id) or (info.parent is not None and not COMMENT_ID_RE.match(info.parent)):
+            raise InvalidInput("bad comment id")
+        if not ITEM_ID_RE.match(info.item) or not NODE_ID_RE.match(info.author_node):
+            raise InvalidInput("bad item or node id in comment")
+        if len(info.body) > 20000 or len(info.author) > 64 or len(info.author_node_name) > 200:
+            raise InvalidInput("comment field too long")
+        return info
+
+
 @dataclass(frozen=True)
 class FeedEntry:
-    """One change: an item upserted or deleted, or a roster event."""
+    """One change: an item, a roster event, a held copy, a comment, or an item's view total."""
 
     seq: int
     entity: str
@@ -164,6 +235,8 @@ class FeedEntry:
     id: str
     item: ItemInfo | None = None
     event: RosterEvent | None = None
+    comment: CommentInfo | None = None
+    total: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "entity": self.entity, "op": self.op, "id": self.id}
@@ -171,6 +244,10 @@ class FeedEntry:
             out["item"] = self.item.to_json()
         if self.event is not None:
             out["event"] = self.event.to_json()
+        if self.comment is not None:
+            out["comment"] = self.comment.to_json()
+        if self.total is not None:
+            out["total"] = self.total
         return out
 
     @classmethod
@@ -188,6 +265,26 @@ class FeedEntry:
             if event.id != ident:
                 raise InvalidInput("feed entry id does not match its event")
             return cls(seq=seq, entity=entity, op=op, id=ident, event=event)
+        if entity == "comment":
+            if op == "delete":
+                if not COMMENT_ID_RE.match(ident):
+                    raise InvalidInput("bad comment id")
+                return cls(seq=seq, entity=entity, op=op, id=ident)
+            if op != "upsert" or "comment" not in data:
+                raise InvalidInput("comment entries carry a comment")
+            comment = CommentInfo.from_json(data["comment"])
+            if comment.id != ident:
+                raise InvalidInput("feed entry id does not match its comment")
+            return cls(seq=seq, entity=entity, op=op, id=ident, comment=comment)
+        if entity == "views":
+            if op not in ("upsert", "delete") or not ITEM_ID_RE.match(ident):
+                raise InvalidInput("bad views entry")
+            if op == "delete":
+                return cls(seq=seq, entity=entity, op=op, id=ident)
+            total = _int(data, "total") if "total" in data else -1
+            if total < 0:
+                raise InvalidInput("views entries carry a non-negative total")
+            return cls(seq=seq, entity=entity, op=op, id=ident, total=total)
         if entity == "copy":
             # This node holds (upsert) or no longer holds (delete) a verified copy of the content.
             if op not in ("upsert", "delete") or not HASH_RE.match(ident):

@@ -11,6 +11,7 @@ from priv_network.http import int_param, json_body, principal_of, require_admin
 from priv_network.identity import normalize_node_id
 from priv_network.interfaces import SearchFilters, SearchHit
 from priv_network.wire import KINDS, check_item_id
+from registry.community import CommunityService
 from registry.service import Registry
 from registry.transfer import Pinner
 
@@ -36,6 +37,7 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
         "content_url": f"/api/v1/items/{item.id}/content",
         "poster_url": f"/api/v1/items/{item.id}/poster" if item.has_poster else None,
         "holders": [{"node": h["node_id"], "name": h["name"], "online": h["online"]} for h in hit.holders],
+        "views": hit.views,
     }
 
 
@@ -107,3 +109,62 @@ class PinsApi:
         principal_of(request)
         await self.pinner.unpin(check_item_id(request.match_info["id"]))
         return web.json_response({"unpinned": request.match_info["id"]})
+
+
+class CommunityApi:
+    """Comments, progress/views and history, for any item this node knows (own or a peer's)."""
+
+    def __init__(self, community: CommunityService) -> None:
+        self.community = community
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.get("/api/v1/items/{id}/comments", self.thread),
+            web.post("/api/v1/items/{id}/comments", self.post),
+            web.patch("/api/v1/comments/{id}", self.edit),
+            web.delete("/api/v1/comments/{id}", self.delete),
+            web.post("/api/v1/items/{id}/progress", self.progress),
+            web.get("/api/v1/history", self.history),
+        ]
+
+    async def thread(self, request: web.Request) -> web.Response:
+        user = principal_of(request).name
+        item_id = check_item_id(request.match_info["id"])
+        return web.json_response({"comments": await self.community.thread(item_id, user)})
+
+    async def post(self, request: web.Request) -> web.Response:
+        user = principal_of(request).name
+        item_id = check_item_id(request.match_info["id"])
+        body = await json_body(request)
+        parent = body.get("parent_id")
+        if parent is not None and not isinstance(parent, str):
+            raise InvalidInput("parent_id must be a comment ID")
+        comment = await self.community.post(user, item_id, body.get("body"), parent)
+        return web.json_response(comment, status=201)
+
+    async def edit(self, request: web.Request) -> web.Response:
+        user = principal_of(request).name
+        body = await json_body(request)
+        return web.json_response(await self.community.edit(user, request.match_info["id"], body.get("body")))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        principal = principal_of(request)
+        await self.community.delete(principal.name, request.match_info["id"], admin=principal.admin)
+        return web.json_response({"deleted": request.match_info["id"]})
+
+    async def progress(self, request: web.Request) -> web.Response:
+        user = principal_of(request).name
+        item_id = check_item_id(request.match_info["id"])
+        body = await json_body(request)
+        position = body.get("position")
+        watched = body.get("watched")
+        if isinstance(position, bool) or not isinstance(position, int | float):
+            raise InvalidInput("position must be a number of seconds")
+        if watched is not None and not isinstance(watched, bool):
+            raise InvalidInput("watched must be true or false")
+        return web.json_response(await self.community.progress(user, item_id, float(position), watched=watched))
+
+    async def history(self, request: web.Request) -> web.Response:
+        user = principal_of(request).name
+        limit = int_param(request, "limit", 50, 1, 500)
+        return web.json_response({"history": await self.community.history(user, limit)})

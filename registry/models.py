@@ -59,3 +59,57 @@ copies = sa.Table(
     sa.Column("node_id", sa.String(40), primary_key=True),
     sa.Column("content_hash", sa.String(64), primary_key=True, index=True),
 )
+
+# Comments and view totals as their owners publish them.
+comments = sa.Table(
+    "registry_comments",
+    metadata,
+    sa.Column("node_id", sa.String(40), primary_key=True),
+    sa.Column("comment_id", sa.String(32), primary_key=True),
+    sa.Column("item_id", sa.String(32), nullable=False, index=True),
+    sa.Column("parent_id", sa.String(32)),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("author", sa.String(64), nullable=False),
+    sa.Column("author_node", sa.String(40), nullable=False),
+    sa.Column("author_node_name", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("edited_at", sa.Float),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+)
+
+view_totals = sa.Table(
+    "registry_views",
+    metadata,
+    sa.Column("node_id", sa.String(40), primary_key=True),
+    sa.Column("item_id", sa.String(32), primary_key=True),
+    sa.Column("total", sa.BigInteger, nullable=False),
+)
+
+# What this node still has to deliver to other nodes (comments, edits, deletions, views).
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("node_id", sa.String(40), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+)
+
+# Each user's progress per item (local to this node), and when a view was last counted.
+history = sa.Table(
+    "watch_history",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("node_id", sa.String(40), primary_key=True),
+    sa.Column("item_id", sa.String(32), primary_key=True),
+    sa.Column("position", sa.Float, nullable=False),
+    sa.Column("duration", sa.Float),
+    sa.Column("watched", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("view_counted_at", sa.Float),
+)

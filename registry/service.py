@@ -171,11 +171,22 @@ class Registry:
             log.warning("sync with %s (%s) failed: %s; retry in %.0fs", peer.name, peer.node_id, exc.message, delay)
             return f"error: {exc.message}"
 
-    async def peer_seen(self, node_id: str) -> None:
-        """A valid signed request arrived from ``node_id``: it is up, stop backing it off."""
+    async def peer_seen(self, node_id: str) -> bool:
+        """A valid signed request arrived from ``node_id``: it is up, stop backing it off.
+
+        Returns True if it had been failing (so work waiting for it can resume).
+        """
         if await self._store.reset_backoff(node_id):
             log.info("%s is back; backoff reset, polling it now", node_id)
             self._poll_soon([p for p in await self._directory.active_peers() if p.node_id == node_id])
+            return True
+        return False
+
+    async def refresh_peer(self, node_id: str) -> None:
+        """Poll one member now (e.g. after it accepted our comments, to show them published)."""
+        for peer in await self._directory.active_peers():
+            if peer.node_id == node_id:
+                await self.poll_peer(peer)
 
     async def sync_source(self, source: CatalogSource, *, remote: bool = False) -> int:
         """Pull ``source``'s feed from its cursor; each page is applied whole or not at all."""
@@ -257,13 +268,18 @@ class Registry:
     async def _with_holders(self, hits: list[SearchHit]) -> list[SearchHit]:
         """Name the members holding a verified copy of each hit (besides its owner)."""
         holders = await self._store.holders([h.item.content_hash for h in hits])
+        views = await self._store.view_totals([(h.item.node, h.item.id) for h in hits])
         return [
             dataclasses.replace(
                 h,
                 holders=tuple(x for x in holders.get(h.item.content_hash, []) if x["node_id"] != h.item.node),
+                views=views.get((h.item.node, h.item.id), 0),
             )
             for h in hits
         ]
+
+    async def view_total(self, node_id: str, item_id: str) -> int:
+        return (await self._store.view_totals([(node_id, item_id)])).get((node_id, item_id), 0)
 
     async def peers(self) -> list[dict[str, Any]]:
         """Every member with its sync state, for `peers` and the network page."""

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from priv_network.interfaces import Peer, SearchFilters
 from priv_network.wire import FeedPage, ItemInfo
-from registry.models import copies, entries, sources
+from registry.models import comments, copies, entries, history, outbox, sources, view_totals
 from registry.search import Hit, backend_for, normalize, query_words
 
 
@@ -55,8 +55,46 @@ class RegistryStore:
                 await backend.unindex(conn, old)
                 await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
                 await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
+                await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id))
+                await conn.execute(sa.delete(view_totals).where(view_totals.c.node_id == node_id))
             for entry in page.entries:
                 if entry.entity == "roster":
+                    continue
+                if entry.entity == "comment":
+                    await conn.execute(
+                        sa.delete(comments).where(comments.c.node_id == node_id, comments.c.comment_id == entry.id)
+                    )
+                    if entry.comment is not None:
+                        c = entry.comment
+                        await conn.execute(
+                            sa.insert(comments).values(
+                                node_id=node_id,
+                                comment_id=c.id,
+                                item_id=c.item,
+                                parent_id=c.parent,
+                                depth=c.depth,
+                                author=c.author,
+                                author_node=c.author_node,
+                                author_node_name=c.author_node_name,
+                                body=c.body,
+                                created_at=c.created_at,
+                                edited_at=c.edited_at,
+                                deleted=c.deleted,
+                            )
+                        )
+                    changed += 1
+                    continue
+                if entry.entity == "views":
+                    await conn.execute(
+                        sa.delete(view_totals).where(
+                            view_totals.c.node_id == node_id, view_totals.c.item_id == entry.id
+                        )
+                    )
+                    if entry.total is not None:
+                        await conn.execute(
+                            sa.insert(view_totals).values(node_id=node_id, item_id=entry.id, total=entry.total)
+                        )
+                    changed += 1
                     continue
                 if entry.entity == "copy":
                     await conn.execute(
@@ -77,6 +115,15 @@ class RegistryStore:
                         await backend.unindex(conn, ids)
                         await conn.execute(sa.delete(entries).where(entries.c.id.in_(ids)))
                         changed += 1
+                    # Its comments and views leave with it.
+                    await conn.execute(
+                        sa.delete(comments).where(comments.c.node_id == node_id, comments.c.item_id == entry.id)
+                    )
+                    await conn.execute(
+                        sa.delete(view_totals).where(
+                            view_totals.c.node_id == node_id, view_totals.c.item_id == entry.id
+                        )
+                    )
                     continue
                 item = entry.item
                 text = search_text(item)
@@ -174,6 +221,8 @@ class RegistryStore:
                 await self.search_backend.unindex(conn, old)
                 await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
                 await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
+                await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id))
+                await conn.execute(sa.delete(view_totals).where(view_totals.c.node_id == node_id))
                 await conn.execute(sa.delete(sources).where(sources.c.node_id == node_id))
                 dropped.append(node_id)
             for peer in wanted.values():
@@ -236,3 +285,114 @@ class RegistryStore:
                     {"node_id": row["node_id"], "name": row["name"], "url": row["url"], "online": bool(row["online"])}
                 )
         return out
+
+    # -- community ------------------------------------------------------------
+    async def thread(self, node_id: str, item_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(comments)
+                .where(comments.c.node_id == node_id, comments.c.item_id == item_id)
+                .order_by(comments.c.created_at, comments.c.comment_id)
+            )
+            return [dict(r) for r in rows.mappings()]
+
+    async def comment(self, comment_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(comments).where(comments.c.comment_id == comment_id))).mappings().first()
+            )
+        return dict(row) if row else None
+
+    async def view_totals(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        if not keys:
+            return {}
+        item_ids = list({k[1] for k in keys})
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(view_totals.c.node_id, view_totals.c.item_id, view_totals.c.total).where(
+                    view_totals.c.item_id.in_(item_ids)
+                )
+            )
+            return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def enqueue(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(outbox).values(**values))
+
+    async def outbox_due(self, now: float, node_id: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        query = sa.select(outbox).where(outbox.c.next_attempt_at <= now, outbox.c.attempts >= 0)
+        if node_id is not None:
+            query = query.where(outbox.c.node_id == node_id)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(outbox.c.created_at, outbox.c.id).limit(limit))
+            return [dict(r) for r in rows.mappings()]
+
+    async def outbox_all(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(outbox).order_by(outbox.c.created_at, outbox.c.id))
+            return [dict(r) for r in rows.mappings()]
+
+    async def outbox_done(self, ids: Sequence[str]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(outbox).where(outbox.c.id.in_(list(ids))))
+
+    async def outbox_rejected(self, message_id: str, error: str) -> None:
+        """A final refusal by the owner: kept (attempts -1) so the author sees why, never retried."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(outbox).where(outbox.c.id == message_id).values(attempts=-1, last_error=error[:300])
+            )
+
+    async def outbox_retry(self, ids: Sequence[str], error: str, delay_for: Any) -> None:
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(sa.select(outbox.c.id, outbox.c.attempts).where(outbox.c.id.in_(list(ids))))
+            for message_id, attempts in list(rows):
+                await conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id == message_id)
+                    .values(
+                        attempts=attempts + 1,
+                        last_error=error[:300],
+                        next_attempt_at=time.time() + delay_for(attempts),
+                    )
+                )
+
+    async def outbox_reschedule(self, node_id: str) -> None:
+        """The owner is back: retry its messages now."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(outbox).where(outbox.c.node_id == node_id, outbox.c.attempts >= 0).values(next_attempt_at=0)
+            )
+
+    async def history_get(self, user: str, node_id: str, item_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(history).where(
+                            history.c.user == user, history.c.node_id == node_id, history.c.item_id == item_id
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    async def history_put(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.delete(history).where(
+                    history.c.user == values["user"],
+                    history.c.node_id == values["node_id"],
+                    history.c.item_id == values["item_id"],
+                )
+            )
+            await conn.execute(sa.insert(history).values(**values))
+
+    async def history_for(self, user: str, limit: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(history).where(history.c.user == user).order_by(history.c.updated_at.desc()).limit(limit)
+            )
+            return [dict(r) for r in rows.mappings()]

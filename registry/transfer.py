@@ -28,7 +28,7 @@ from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
 from priv_network.peerclient import PeerClient, PeerUnreachable
 from priv_network.ranges import ByteRange, parse_range
-from priv_network.wire import ItemInfo
+from priv_network.wire import ItemInfo, check_item_id
 from registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class Broker:
         return self._client
 
     async def remote_item(self, item_id: str) -> RemoteItem:
+        # A malformed ID (a NUL byte, say) cannot exist; PostgreSQL would reject it with a 500.
+        check_item_id(item_id)
         hit = await self._store.entry_by_item(item_id)
         if hit is None or hit.row["node_id"] == self.node_id:
             raise NotFound(f"no item {item_id}")
@@ -110,6 +112,10 @@ class Broker:
 
     async def item(self, item_id: str) -> ItemInfo:
         return (await self.remote_item(item_id)).item
+
+    async def views(self, item: ItemInfo) -> int:
+        totals = await self._store.view_totals([(item.node, item.id)])
+        return totals.get((item.node, item.id), 0)
 
     async def manifest(self, remote: RemoteItem) -> bytes:
         """The item's block manifest, from its owner or any holder, checked against the signed catalog."""
