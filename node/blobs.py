@@ -49,9 +49,10 @@ class BlobStore:
         self.poster_dir = root / "posters"
         self.tmp_dir = root / "tmp"
         self.pin_dir = root / "pins"
+        self.upload_dir = root / "uploads"
 
     def prepare(self) -> None:
-        for d in (self.blob_dir, self.poster_dir, self.tmp_dir, self.pin_dir):
+        for d in (self.blob_dir, self.poster_dir, self.tmp_dir, self.pin_dir, self.upload_dir):
             d.mkdir(parents=True, exist_ok=True)
         # Anything left in tmp/ is from a crash mid-write: never valid.
         for leftover in self.tmp_dir.iterdir():
@@ -178,6 +179,36 @@ class BlobStore:
             manifest=manifest,
             manifest_hash=manifest_hash(block_size, size, manifest),
             already_stored=False,
+        )
+
+    def adopt(self, path: Path) -> StoredBlob:
+        """Take a complete file already in the store's folder (same file system): hash it, then rename it in."""
+        whole = blake3()
+        blocks: list[bytes] = []
+        size = 0
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+            while chunk := fh.read(self.block_size):
+                whole.update(chunk)
+                blocks.append(block_hash(chunk))
+                size += len(chunk)
+        manifest = b"".join(blocks)
+        content_hash = whole.hexdigest()
+        final = self.blob_path(content_hash)
+        already = final.exists()
+        if already:
+            path.unlink(missing_ok=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+            _fsync_dir(final.parent)
+        return StoredBlob(
+            content_hash=content_hash,
+            size=size,
+            block_size=self.block_size,
+            manifest=manifest,
+            manifest_hash=manifest_hash(self.block_size, size, manifest),
+            already_stored=already,
         )
 
     def write_poster(self, content_hash: str, jpeg: bytes) -> None:

@@ -201,3 +201,20 @@ item_views = sa.Table(
     sa.Column("item_id", sa.String(32), primary_key=True),
     sa.Column("total", sa.BigInteger, nullable=False),
 )
+
+# Resumable (tus 1.0) uploads in progress; the bytes are in the store's uploads/ folder.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("item_id", sa.String(32)),
+    sa.Column("duplicate", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("error", sa.Text),
+)

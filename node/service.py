@@ -358,29 +358,80 @@ class ContentManager:
 
     async def _ingest_one(self, cand: _Candidate, title: str | None, visibility: str, report: IngestReport) -> None:
         stored: StoredBlob = await self._run(self._blobs.ingest, cand.path)
+        await self.register(
+            stored,
+            name=cand.path.name,
+            title=title,
+            visibility=visibility,
+            source="local",
+            source_file=(str(cand.path), cand.size, cand.mtime_ns),
+            report=report,
+            where=str(cand.path),
+        )
+
+    async def ingest_stored_file(
+        self, path: Path, *, name: str, title: str | None, visibility: str, source: str
+    ) -> tuple[ItemInfo, bool]:
+        """Adopt a file already inside the store's folder (a finished upload or download): no copy.
+
+        Returns the item and whether it is new (False: the same content was already here).
+        """
+        visibility = check_visibility(visibility)
+        if title is not None:
+            title = _check_title(title)
+        stored: StoredBlob = await self._run(self._blobs.adopt, path)
+        report = IngestReport()
+        await self.register(
+            stored,
+            name=name,
+            title=title,
+            visibility=visibility,
+            source=source,
+            source_file=None,
+            report=report,
+            where=name,
+        )
+        if report.added:
+            await self.notify_changed()
+            return report.added[0], True
+        return report.existing[0], False
+
+    async def register(
+        self,
+        stored: StoredBlob,
+        *,
+        name: str,
+        title: str | None,
+        visibility: str,
+        source: str,
+        source_file: tuple[str, int, int] | None,
+        report: IngestReport,
+        where: str,
+    ) -> None:
+        """Record stored content as an item (probing it), or note the item that already has it."""
         known = await self._store.items_by_hashes([stored.content_hash])
-        if stored.content_hash in known and title is None:
-            await self._store.add_item(
-                _blob_values(stored, poster=False), {}, (str(cand.path), cand.size, cand.mtime_ns)
-            )
+        # `add --title` on content already here renames it; other sources just report the duplicate.
+        retitle = title is not None and source == "local"
+        if stored.content_hash in known and not retitle:
+            await self._store.add_item(_blob_values(stored, poster=False), {}, source_file)
             report.existing.append(self._info(known[stored.content_hash]))
             return
         if stored.content_hash in known and title is not None:
             report.existing.append(await self.set_title(known[stored.content_hash]["id"], title))
             return
         blob_path = self._blobs.blob_path(stored.content_hash)
-        result: ProbeResult = await self._run(probe, blob_path, cand.path.name)
+        result: ProbeResult = await self._run(probe, blob_path, name)
         has_poster = False
         if result.poster:
             await self._run(self._blobs.write_poster, stored.content_hash, result.poster)
             has_poster = True
         if result.warning:
-            report.warnings.append((str(cand.path), result.warning))
-            log.warning("ingest %s: %s", cand.path, result.warning)
+            report.warnings.append((where, result.warning))
+            log.warning("ingest %s: %s", where, result.warning)
         item = {
             "id": new_item_id(),
             "content_hash": stored.content_hash,
-            "title": title or title_from_name(cand.path.name),
+            "title": title or title_from_name(name),
             "kind": result.kind,
             "mime": result.mime,
             "size": stored.size,
@@ -391,15 +442,13 @@ class ContentManager:
             "audio_codec": result.audio_codec,
             "container": result.container,
             "visibility": visibility,
-            "source": "local",
-            "original_name": cand.path.name,
+            "source": source,
+            "original_name": name,
             "warning": result.warning,
         }
-        row, created = await self._store.add_item(
-            _blob_values(stored, poster=has_poster), item, (str(cand.path), cand.size, cand.mtime_ns)
-        )
+        row, created = await self._store.add_item(_blob_values(stored, poster=has_poster), item, source_file)
         (report.added if created else report.existing).append(self._info(row))
-        log.info("ingested %s as %s (%s, %d bytes)", cand.path, row["id"], result.kind, stored.size)
+        log.info("ingested %s as %s (%s, %d bytes)", where, row["id"], result.kind, stored.size)
 
     # -- API tokens ---------------------------------------------------------
     async def create_token(self, name: str, *, admin: bool, kind: str = "api", ttl: float | None = None) -> str:

@@ -28,6 +28,7 @@ from node.models import (
     shares,
     source_files,
     traffic,
+    uploads,
     view_receipts,
 )
 
@@ -516,3 +517,28 @@ class CmaStore:
                 sa.select(items.c.id, items.c.visibility).where(items.c.id.in_(list(set(item_ids))))
             )
             return {r[0]: r[1] for r in rows}
+
+    # -- uploads --------------------------------------------------------------
+    async def insert_upload(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(uploads).values(**values))
+
+    async def get_upload(self, upload_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def update_upload(self, upload_id: str, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.update(uploads).where(uploads.c.id == upload_id).values(**values))
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(uploads).where(uploads.c.id == upload_id))
+
+    async def expired_uploads(self, now: float) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(uploads.c.id).where(uploads.c.expires_at < now, uploads.c.state == "uploading")
+            )
+            return [r[0] for r in rows]

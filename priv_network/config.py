@@ -169,6 +169,12 @@ class NetworkSection:
 
 
 @dataclass(frozen=True)
+class UploadsSection:
+    max_size: int = _setting(64 * 1024**3, "Largest file a browser upload may be.", "size")
+    expiry: float = _setting(24 * 3600.0, "An unfinished upload is swept this long after its last change.", "duration")
+
+
+@dataclass(frozen=True)
 class CommunitySection:
     view_threshold: float = _setting(30.0, "Playback that counts as a view (or half of a shorter item).", "duration")
     view_window: float = _setting(6 * 3600.0, "A user's views of one item count at most once per this.", "duration")
@@ -187,6 +193,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSection,
     "sync": SyncSection,
     "network": NetworkSection,
+    "uploads": UploadsSection,
     "community": CommunitySection,
     "log": LogSection,
 }
@@ -201,6 +208,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     sync: SyncSection = field(default_factory=SyncSection)
     network: NetworkSection = field(default_factory=NetworkSection)
+    uploads: UploadsSection = field(default_factory=UploadsSection)
     community: CommunitySection = field(default_factory=CommunitySection)
     log: LogSection = field(default_factory=LogSection)
 

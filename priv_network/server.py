@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +25,7 @@ from node.service import ContentManager
 from node.shares import Shares
 from node.store import CmaStore
 from node.traffic import Traffic
+from node.uploads import Uploads, UploadsApi
 from priv_network import __version__, db
 from priv_network.config import Config
 from priv_network.errors import PrivNetworkError
@@ -108,6 +110,14 @@ class Node:
             traffic=self.traffic,
         )
         self.pins = Pins(store=self.cma_store, blobs=self.blobs, executor=self.executor, budget=config.store.pin_budget)
+        self.uploads = Uploads(
+            store=self.cma_store,
+            blobs=self.blobs,
+            cma=self.cma,
+            executor=self.executor,
+            max_size=config.uploads.max_size,
+            expiry=config.uploads.expiry,
+        )
         self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
         self.registry.after_round(self.pinner.reconcile)
@@ -226,6 +236,23 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             max_instances=1,
             coalesce=True,
         )
+
+        async def sweep_job() -> None:
+            try:
+                await node.uploads.sweep()
+            except Exception:
+                log.exception("sweeping expired uploads failed")
+
+        sched.add_job(
+            sweep_job,
+            "interval",
+            seconds=600,
+            id="sweep-uploads",
+            name="sweep expired uploads",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
         sched.start()
         log.info("scheduler started: sync every %.0fs (+ up to %ds jitter)", config.sync.interval, jitter)
         yield
@@ -235,6 +262,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
     for routes in (
         ItemsApi(node.cma, node.pins, node.traffic, node.community, node.broker).routes(),
         ShareApi(node.shares, node.traffic).routes(),
+        UploadsApi(node.uploads).routes(),
         PinsApi(node.pinner).routes(),
         FederationApi(
             cma=node.cma,
