@@ -30,9 +30,18 @@ MAX_INBOX = 1000
 # One satisfiable-looking byte range. Anything else (other units, several
 # ranges, garbage) is ignored and the whole file is sent with 200, as RFC 9110
 # section 14.2 allows; a well-formed range past the end gets 416.
-# The pattern is exactly what aiohttp accepts (no spaces around "="), so that
+# The pattern is exactly what aiohttp accepts (ASCII digits, no spaces around "="), so that
 # nothing this lets through is turned into a 416 by aiohttp's stricter parser.
-_SINGLE_RANGE = re.compile(r"^\s*bytes=(\d+-\d*|-\d+)\s*$")
+_SINGLE_RANGE = re.compile(r"^\s*bytes=(\d+-\d*|-\d+)\s*$", re.ASCII)
+
+
+def _is_single_range(value: str) -> bool:
+    """A range to honour; "bytes=10-5" (last before first) is invalid and ignored too, not a 416."""
+    match = _SINGLE_RANGE.match(value)
+    if match is None:
+        return False
+    first, _, last = match.group(1).partition("-")
+    return not (first and last and int(last) < int(first))
 
 
 def item_json(item: ItemInfo) -> dict[str, Any]:
@@ -66,7 +75,7 @@ class _RangeSafeFileResponse(web.FileResponse):
             # is not idempotent (it would send the body again or fail on set_status).
             return await web.StreamResponse.prepare(self, request)
         value = request.headers.get(hdrs.RANGE)
-        if value is not None and (not _SINGLE_RANGE.match(value) or not await self._if_range_holds(request)):
+        if value is not None and (not _is_single_range(value) or not await self._if_range_holds(request)):
             headers = request.headers.copy()
             del headers[hdrs.RANGE]
             headers.pop(hdrs.IF_RANGE, None)

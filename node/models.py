@@ -47,6 +47,14 @@ items = sa.Table(
     sa.Column("warning", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("year", sa.Integer),
+    sa.Column("genres", sa.Text),  # comma-separated
+    sa.Column("show", sa.Text),
+    sa.Column("season", sa.Integer),
+    sa.Column("episode", sa.Integer),
+    sa.Column("source_url", sa.Text),
+    sa.Column("external_ids", sa.Text),  # JSON object, e.g. {"imdb": "tt..."}
 )
 
 source_files = sa.Table(

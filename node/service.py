@@ -56,6 +56,33 @@ def comment_from_row(row: dict[str, Any], prefix: str = "") -> CommentInfo:
     )
 
 
+METADATA_FIELDS = ("description", "year", "genres", "show", "season", "episode", "source_url", "external_ids")
+
+
+def split_genres(text: str | None) -> tuple[str, ...]:
+    return tuple(g for g in (text or "").split(",") if g)
+
+
+def metadata_values(meta: dict[str, Any]) -> dict[str, Any]:
+    """Item columns from source metadata (unknown keys ignored, types checked, lengths bounded)."""
+    out: dict[str, Any] = {}
+    for key in ("description", "show", "source_url"):
+        if isinstance(meta.get(key), str) and meta[key].strip():
+            out[key] = meta[key].strip()[: 10000 if key == "description" else 500]
+    for key in ("year", "season", "episode"):
+        value = meta.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10000:
+            out[key] = value
+    genres = meta.get("genres")
+    if isinstance(genres, list | tuple):
+        clean = [" ".join(str(g).replace(",", " ").split())[:60] for g in genres if str(g).strip()]
+        out["genres"] = ",".join(dict.fromkeys(clean[:20]))
+    ids = meta.get("external_ids")
+    if isinstance(ids, dict):
+        out["external_ids"] = json.dumps({str(k)[:40]: str(v)[:200] for k, v in list(ids.items())[:20]})
+    return out
+
+
 def visible_to(visibility: str, viewer: str | None) -> bool:
     """May ``viewer`` (a member's node ID; None for this node itself) see an item?"""
     if viewer is None:
@@ -168,6 +195,15 @@ class ContentManager:
             audio_codec=row["audio_codec"],
             container=row["container"],
             warning=row["warning"],
+            source=row["source"],
+            description=row["description"],
+            year=row["year"],
+            genres=split_genres(row["genres"]),
+            show=row["show"],
+            season=row["season"],
+            episode=row["episode"],
+            source_url=row["source_url"],
+            external_ids=json.loads(row["external_ids"]) if row["external_ids"] else {},
         )
 
     async def get_item(self, item_id: str) -> ItemInfo:
@@ -198,6 +234,18 @@ class ContentManager:
         if not await self._store.update_item(item_id, {"title": title}):
             raise NotFound(f"no item {item_id}")
         await self.notify_changed()
+        return await self.get_item(item_id)
+
+    async def set_metadata(self, item_id: str, meta: dict[str, Any], title: str | None = None) -> ItemInfo:
+        """Update an item's source metadata (a re-import that found changes)."""
+        check_item_id(item_id)
+        values = metadata_values(meta)
+        if title is not None:
+            values["title"] = _check_title(title)
+        if values and not await self._store.update_item(item_id, values):
+            raise NotFound(f"no item {item_id}")
+        if values:
+            await self.notify_changed()
         return await self.get_item(item_id)
 
     async def set_visibility(self, item_id: str, visibility: str) -> ItemInfo:
@@ -370,7 +418,14 @@ class ContentManager:
         )
 
     async def ingest_stored_file(
-        self, path: Path, *, name: str, title: str | None, visibility: str, source: str
+        self,
+        path: Path,
+        *,
+        name: str,
+        title: str | None,
+        visibility: str,
+        source: str,
+        metadata: dict[str, Any] | None = None,
     ) -> tuple[ItemInfo, bool]:
         """Adopt a file already inside the store's folder (a finished upload or download): no copy.
 
@@ -390,6 +445,7 @@ class ContentManager:
             source_file=None,
             report=report,
             where=name,
+            metadata=metadata,
         )
         if report.added:
             await self.notify_changed()
@@ -407,6 +463,7 @@ class ContentManager:
         source_file: tuple[str, int, int] | None,
         report: IngestReport,
         where: str,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Record stored content as an item (probing it), or note the item that already has it."""
         known = await self._store.items_by_hashes([stored.content_hash])
@@ -445,7 +502,10 @@ class ContentManager:
             "source": source,
             "original_name": name,
             "warning": result.warning,
+            **metadata_values(metadata or {}),
         }
+        if result.duration is None and isinstance((metadata or {}).get("duration"), int | float):
+            item["duration"] = float((metadata or {})["duration"])
         row, created = await self._store.add_item(_blob_values(stored, poster=has_poster), item, source_file)
         (report.added if created else report.existing).append(self._info(row))
         log.info("ingested %s as %s (%s, %d bytes)", where, row["id"], result.kind, stored.size)

@@ -77,6 +77,10 @@ class SearchHit:
 class SearchFilters:
     node: str | None = None
     kind: str | None = None
+    genre: str | None = None
+    year: int | None = None
+    source: str | None = None
+    online: bool = False
 
 
 class Authenticator(Protocol):

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from priv_network.errors import RangeNotSatisfiable
 
-# ASCII only: digits of other scripts (which int() accepts) are not HTTP DIGITs.
-_SINGLE = re.compile(r"^\s*bytes\s*=\s*(?:(\d+)-(\d*)|-(\d+))\s*$", re.ASCII)
+# As aiohttp parses a local file's Range (so both answer alike): no spaces around
+# "=" (RFC 9110 section 14.1), and ASCII digits only (int() takes any script's).
+_SINGLE = re.compile(r"^\s*bytes=(?:(\d+)-(\d*)|-(\d+))\s*$", re.ASCII)
 
 
 @dataclass(frozen=True)

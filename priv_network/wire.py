@@ -51,9 +51,20 @@ class ItemInfo:
     audio_codec: str | None = None
     container: str | None = None
     warning: str | None = None
+    source: str = "local"
+    description: str | None = None
+    year: int | None = None
+    genres: tuple[str, ...] = ()
+    show: str | None = None
+    season: int | None = None
+    episode: int | None = None
+    source_url: str | None = None
+    external_ids: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["genres"] = list(self.genres)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> ItemInfo:
@@ -81,6 +92,15 @@ class ItemInfo:
                 audio_codec=_opt_str(data, "audio_codec"),
                 container=_opt_str(data, "container"),
                 warning=_opt_str(data, "warning"),
+                source=_opt_str(data, "source") or "local",
+                description=_opt_str(data, "description"),
+                year=_opt_int(data, "year"),
+                genres=_str_list(data, "genres"),
+                show=_opt_str(data, "show"),
+                season=_opt_int(data, "season"),
+                episode=_opt_int(data, "episode"),
+                source_url=_opt_str(data, "source_url"),
+                external_ids=_str_dict(data, "external_ids"),
             )
         except KeyError as exc:
             raise InvalidInput(f"item is missing field {exc.args[0]!r}") from None
@@ -167,8 +187,9 @@ def clean_comment_body(body: Any, max_length: int) -> str:
         body.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput("a comment must be valid UTF-8") from None
+    # Zero-width (non-)joiners are format characters, but words and emoji need them.
     cleaned = "".join(
-        ch for ch in body.replace("\r\n", "\n") if ch in "\n\t" or unicodedata.category(ch)[0] != "C"
+        ch for ch in body.replace("\r\n", "\n") if ch in "\n\t\u200c\u200d" or unicodedata.category(ch)[0] != "C"
     ).strip()
     if not cleaned:
         raise InvalidInput("a comment cannot be empty")
@@ -381,6 +402,20 @@ def _int(d: dict[str, Any], k: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise InvalidInput(f"field {k!r} must be an integer")
     return v
+
+
+def _str_list(d: dict[str, Any], k: str) -> tuple[str, ...]:
+    v = d.get(k) or []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or len(v) > 50:
+        raise InvalidInput(f"field {k!r} must be a list of strings")
+    return tuple(x[:100] for x in v)
+
+
+def _str_dict(d: dict[str, Any], k: str) -> dict[str, str]:
+    v = d.get(k) or {}
+    if not isinstance(v, dict) or not all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
+        raise InvalidInput(f"field {k!r} must map strings to strings")
+    return {a[:40]: b[:200] for a, b in list(v.items())[:20]}
 
 
 def _opt_int(d: dict[str, Any], k: str) -> int | None:

@@ -38,6 +38,13 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
         "poster_url": f"/api/v1/items/{item.id}/poster" if item.has_poster else None,
         "holders": [{"node": h["node_id"], "name": h["name"], "online": h["online"]} for h in hit.holders],
         "views": hit.views,
+        "source": item.source,
+        "year": item.year,
+        "genres": list(item.genres),
+        "show": item.show,
+        "season": item.season,
+        "episode": item.episode,
+        "description": item.description,
     }
 
 
@@ -48,7 +55,20 @@ def filters_from(request: web.Request) -> SearchFilters:
         node = normalize_node_id(node)
     if kind is not None and kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
-    return SearchFilters(node=node, kind=kind)
+    year = request.query.get("year") or None
+    if year is not None and (not year.isdigit() or len(year) > 4):
+        raise InvalidInput("year must be a number such as 1999")
+    source = request.query.get("source") or None
+    if source is not None and source not in SOURCES:
+        raise InvalidInput(f"source must be one of {', '.join(SOURCES)}")
+    genre = (request.query.get("genre") or "").strip()[:60] or None
+    online = request.query.get("online", "") in ("1", "true", "yes", "on")
+    return SearchFilters(
+        node=node, kind=kind, genre=genre, year=int(year) if year else None, source=source, online=online
+    )
+
+
+SOURCES = ("local", "upload", "url", "plex", "folder")
 
 
 class SearchApi:

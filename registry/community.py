@@ -166,6 +166,9 @@ class CommunityService:
 
     async def edit(self, user: str, comment_id: str, body: Any) -> dict[str, Any]:
         row = await self._mine(user, comment_id)
+        if row["deleted"]:
+            # The owner refuses it too; say so now rather than show a rejected edit forever.
+            raise InvalidInput("a deleted comment cannot be edited")
         text = clean_comment_body(body, self.max_length)
         if row["node_id"] == self.node_id:
             await self._local.edit(comment_id, text, author=user, author_node=self.node_id)
@@ -342,11 +345,20 @@ def _thread_order(comments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for group in children.values():
         group.sort(key=lambda c: (c["created_at"], c["id"]))
     out: list[dict[str, Any]] = []
+    placed: set[str] = set()
 
-    def walk(parent: str | None) -> None:
-        for c in children.get(parent, []):
+    def walk(roots: list[dict[str, Any]]) -> None:
+        # Iterative: parents come from another node's feed, so a chain may be deep.
+        stack = list(reversed(roots))
+        while stack:
+            c = stack.pop()
+            if c["id"] in placed:
+                continue
+            placed.add(c["id"])
             out.append(c)
-            walk(c["id"])
+            stack.extend(reversed(children.get(c["id"], [])))
 
-    walk(None)
+    walk(children.get(None, []))
+    # Comments whose parents loop never reach the top: show them there rather than lose them.
+    walk(sorted((c for c in comments if c["id"] not in placed), key=lambda c: (c["created_at"], c["id"])))
     return out

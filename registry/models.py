@@ -47,6 +47,13 @@ entries = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     # Normalized (case-folded, accents removed) text the index is built on.
     sa.Column("search_text", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("year", sa.Integer, index=True),
+    sa.Column("genres", sa.Text),
+    sa.Column("show", sa.Text),
+    sa.Column("season", sa.Integer),
+    sa.Column("episode", sa.Integer),
+    sa.Column("source", sa.String(16), nullable=False, server_default="local"),
     sa.UniqueConstraint("node_id", "item_id", name="uq_registry_items_node_item"),
     sa.Index("ix_registry_items_kind", "kind"),
     sqlite_autoincrement=True,

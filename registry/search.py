@@ -57,13 +57,22 @@ class Hit:
 _HIT_COLUMNS = [*entries.c, sources.c.name.label("source_name"), sources.c.online.label("source_online")]
 
 
-def _filters(filters: SearchFilters | None) -> list[sa.ColumnElement[bool]]:
+def filters_clause(filters: SearchFilters | None) -> list[sa.ColumnElement[bool]]:
     out: list[sa.ColumnElement[bool]] = []
     if filters is not None:
         if filters.node:
             out.append(entries.c.node_id == filters.node)
         if filters.kind:
             out.append(entries.c.kind == filters.kind)
+        if filters.year is not None:
+            out.append(entries.c.year == filters.year)
+        if filters.source:
+            out.append(entries.c.source == filters.source)
+        if filters.genre:
+            genre = filters.genre.replace("%", "").replace("_", "").lower()
+            out.append(sa.func.lower("," + sa.func.coalesce(entries.c.genres, "") + ",").like(f"%,{genre},%"))
+        if filters.online:
+            out.append(sources.c.online.is_(True))
     return out
 
 
@@ -116,7 +125,7 @@ class SqliteSearch:
                     sources, sources.c.node_id == entries.c.node_id
                 )
             )
-            .where(*_filters(filters))
+            .where(*filters_clause(filters))
         )
         tier1 = _hits(
             await conn.execute(
@@ -152,7 +161,7 @@ class PostgresSearch:
         base = (
             sa.select(*_HIT_COLUMNS)
             .select_from(entries.outerjoin(sources, sources.c.node_id == entries.c.node_id))
-            .where(*_filters(filters))
+            .where(*filters_clause(filters))
         )
         exact_q = sa.func.to_tsquery(sa.literal_column("'simple'"), " & ".join(words))
         tier1 = _hits(

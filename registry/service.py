@@ -247,6 +247,13 @@ class Registry:
             duration=row["duration"],
             width=row["width"],
             height=row["height"],
+            source=row["source"],
+            description=row["description"],
+            year=row["year"],
+            genres=tuple(g for g in (row["genres"] or "").split(",") if g),
+            show=row["show"],
+            season=row["season"],
+            episode=row["episode"],
         )
 
     def _hit(self, hit: Hit) -> SearchHit:

@@ -14,11 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from priv_network.interfaces import Peer, SearchFilters
 from priv_network.wire import FeedPage, ItemInfo
 from registry.models import comments, copies, entries, history, outbox, sources, view_totals
-from registry.search import Hit, backend_for, normalize, query_words
+from registry.search import Hit, backend_for, filters_clause, normalize, query_words
 
 
 def search_text(item: ItemInfo) -> str:
-    return normalize(item.title)
+    """What search matches: the title, the show, the genres and the year."""
+    parts = [item.title, item.show or "", " ".join(item.genres), str(item.year or "")]
+    return normalize(" ".join(p for p in parts if p))
 
 
 class RegistryStore:
@@ -145,6 +147,13 @@ class RegistryStore:
                     "created_at": item.created_at,
                     "updated_at": item.updated_at,
                     "search_text": text,
+                    "description": item.description,
+                    "year": item.year,
+                    "genres": ",".join(item.genres) or None,
+                    "show": item.show,
+                    "season": item.season,
+                    "episode": item.episode,
+                    "source": item.source[:16],
                 }
                 upsert = (
                     self._insert(entries)
@@ -197,10 +206,7 @@ class RegistryStore:
             .order_by(entries.c.created_at.desc(), entries.c.id.desc())
             .limit(limit)
         )
-        if filters is not None and filters.kind:
-            query = query.where(entries.c.kind == filters.kind)
-        if filters is not None and filters.node:
-            query = query.where(entries.c.node_id == filters.node)
+        query = query.where(*filters_clause(filters))
         async with self.engine.connect() as conn:
             out = []
             for row in (await conn.execute(query)).mappings():

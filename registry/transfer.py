@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 from aiohttp import hdrs, web
 
-from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
+from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, RangeNotSatisfiable
+from priv_network.http import error_response
 from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
 from priv_network.peerclient import PeerClient, PeerUnreachable
@@ -163,9 +164,15 @@ class Broker:
         remote = await self.remote_item(item_id)
         item = remote.item
         etag = f'"{item.content_hash}"'
-        rng = parse_range(
-            request.headers.get(hdrs.RANGE), item.size, if_range=request.headers.get(hdrs.IF_RANGE), etag=etag
-        )
+        try:
+            rng = parse_range(
+                request.headers.get(hdrs.RANGE), item.size, if_range=request.headers.get(hdrs.IF_RANGE), etag=etag
+            )
+        except RangeNotSatisfiable as exc:
+            # As for a local file: a 416 says the current length (RFC 9110 section 15.5.17).
+            refused = error_response(request, exc.status, exc.code, exc.message)
+            refused.headers[hdrs.CONTENT_RANGE] = f"bytes */{item.size}"
+            return refused
         response = web.StreamResponse(status=206 if rng.partial else 200)
         response.content_type = item.mime
         response.content_length = rng.length
