@@ -226,3 +226,23 @@ uploads = sa.Table(
     sa.Column("duplicate", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error", sa.Text),
 )
+
+# The URL download queue (yt-dlp); survives restarts.
+downloads = sa.Table(
+    "downloads",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("visibility", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("message", sa.Text),
+    sa.Column("title", sa.Text),
+    sa.Column("bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total", sa.BigInteger),
+    sa.Column("speed", sa.Float),
+    sa.Column("eta", sa.Float),
+    sa.Column("item_id", sa.String(32)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

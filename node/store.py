@@ -18,6 +18,7 @@ from node.models import (
     blobs,
     changes,
     comments,
+    downloads,
     invites,
     item_views,
     items,
@@ -542,3 +543,60 @@ class CmaStore:
                 sa.select(uploads.c.id).where(uploads.c.expires_at < now, uploads.c.state == "uploading")
             )
             return [r[0] for r in rows]
+
+    # -- downloads ------------------------------------------------------------
+    async def insert_download(self, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(downloads).values(**values))
+
+    async def get_download(self, download_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(downloads).where(downloads.c.id == download_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def list_downloads(self, limit: int = 500) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(downloads).order_by(downloads.c.created_at.desc()).limit(limit))
+            return [dict(r) for r in rows.mappings()]
+
+    async def downloads_by_url(self, url: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(downloads).where(downloads.c.url == url))
+            return [dict(r) for r in rows.mappings()]
+
+    async def next_pending_download(self) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(downloads)
+                        .where(downloads.c.state == "pending")
+                        .order_by(downloads.c.created_at, downloads.c.id)
+                        .limit(1)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    async def update_download(self, download_id: str, values: dict[str, Any], *, only_if: str | None = None) -> bool:
+        query = sa.update(downloads).where(downloads.c.id == download_id)
+        if only_if is not None:
+            query = query.where(downloads.c.state == only_if)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(query.values(**values))
+            return bool(result.rowcount)
+
+    async def requeue_interrupted_downloads(self) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(downloads)
+                .where(downloads.c.state == "processing")
+                .values(state="pending", message="resuming after a restart")
+            )
+            return int(result.rowcount or 0)
+
+    async def delete_download(self, download_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(downloads).where(downloads.c.id == download_id))

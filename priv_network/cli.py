@@ -516,6 +516,28 @@ async def cmd_comment(client: AdminClient, args: argparse.Namespace, out: IO[str
     return EXIT_OK
 
 
+async def cmd_download(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    row = await client.post("/api/v1/downloads", {"url": args.url, "visibility": args.visibility})
+    out.write(f"{row['id']}  {row['state']}  {row['url']}\n")
+    return EXIT_OK
+
+
+async def cmd_downloads(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    rows = (await client.get("/api/v1/downloads"))["downloads"]
+    if args.json:
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    if not rows:
+        out.write("no downloads\n")
+        return EXIT_OK
+    table = [["ID", "STATE", "PROGRESS", "TITLE / URL", "MESSAGE"]]
+    for r in rows:
+        progress = f"{r['bytes'] / r['total']:.0%}" if r.get("total") else _human_size(r["bytes"] or 0)
+        table.append([r["id"], r["state"], progress, r["title"] or r["url"], r["message"] or ""])
+    _table(table, out)
+    return EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -612,6 +634,15 @@ def build_parser() -> Parser:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--reply-to", metavar="COMMENT_ID", help="answer this comment")
     p.set_defaults(remote=cmd_comment)
+
+    p = sub.add_parser("download", help="queue a URL for download (yt-dlp)")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.set_defaults(remote=cmd_download)
+
+    p = sub.add_parser("downloads", help="the download queue with progress")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_downloads)
 
     p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
     p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")

@@ -175,6 +175,16 @@ class UploadsSection:
 
 
 @dataclass(frozen=True)
+class DownloadsSection:
+    workers: int = _setting(2, "Downloads that run at the same time.", "int")
+    allow_private: bool = _setting(
+        False, "Allow URLs on private, loopback and link-local addresses (off: protects your LAN).", "bool"
+    )
+    max_filesize: int = _setting(0, "Refuse downloads larger than this (0: no limit).", "size")
+    socket_timeout: float = _setting(30.0, "Network time limit for one read of a download.", "duration")
+
+
+@dataclass(frozen=True)
 class CommunitySection:
     view_threshold: float = _setting(30.0, "Playback that counts as a view (or half of a shorter item).", "duration")
     view_window: float = _setting(6 * 3600.0, "A user's views of one item count at most once per this.", "duration")
@@ -194,6 +204,7 @@ SECTIONS: dict[str, type] = {
     "sync": SyncSection,
     "network": NetworkSection,
     "uploads": UploadsSection,
+    "downloads": DownloadsSection,
     "community": CommunitySection,
     "log": LogSection,
 }
@@ -209,6 +220,7 @@ class Config:
     sync: SyncSection = field(default_factory=SyncSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     uploads: UploadsSection = field(default_factory=UploadsSection)
+    downloads: DownloadsSection = field(default_factory=DownloadsSection)
     community: CommunitySection = field(default_factory=CommunitySection)
     log: LogSection = field(default_factory=LogSection)
 
@@ -250,6 +262,10 @@ def _convert(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{where} must be an integer, got {value!r}")
             return value
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+            return value
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{where} must be a number, got {value!r}")
@@ -290,6 +306,8 @@ def validate(config: Config) -> None:
         raise ConfigError("[store] block_size must be a power of two between 64 KiB and 16 MiB")
     if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"[log] level must be DEBUG, INFO, WARNING or ERROR, not {config.log.level!r}")
+    if config.downloads.workers < 1:
+        raise ConfigError("[downloads] workers must be at least 1")
     if config.store.hash_workers < 1:
         raise ConfigError("[store] hash_workers must be at least 1")
     if config.sync.interval <= 0 or config.sync.page_size < 1 or config.sync.max_concurrent < 1:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.api import FederationApi, ItemsApi, NetworkApi, ShareApi
 from node.blobs import BlobStore
 from node.community import Community
+from node.downloads import Downloads, DownloadsApi
 from node.network import Network
 from node.pins import Pins
 from node.service import ContentManager
@@ -118,6 +119,15 @@ class Node:
             max_size=config.uploads.max_size,
             expiry=config.uploads.expiry,
         )
+        self.downloads = Downloads(
+            store=self.cma_store,
+            blobs=self.blobs,
+            cma=self.cma,
+            workers=config.downloads.workers,
+            allow_private=config.downloads.allow_private,
+            max_filesize=config.downloads.max_filesize,
+            socket_timeout=config.downloads.socket_timeout,
+        )
         self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
         self.registry.after_round(self.pinner.reconcile)
@@ -208,7 +218,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         await node.registry.start()
         await node.pinner.reconcile()
         node.community_service.deliver_soon()
+        await node.downloads.start()
         yield
+        await node.downloads.stop()
         await node.community_service.close()
         await node.pinner.close()
         await node.registry.close()
@@ -263,6 +275,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         ItemsApi(node.cma, node.pins, node.traffic, node.community, node.broker).routes(),
         ShareApi(node.shares, node.traffic).routes(),
         UploadsApi(node.uploads).routes(),
+        DownloadsApi(node.downloads).routes(),
         PinsApi(node.pinner).routes(),
         FederationApi(
             cma=node.cma,
@@ -280,4 +293,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
     ):
         app.add_routes(routes)
     app.router.add_get("/healthz", _healthz)
+
+    async def close_streams(app: web.Application) -> None:
+        await node.downloads.close_streams()
+
+    app.on_shutdown.append(close_streams)
     return app
