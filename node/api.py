@@ -11,9 +11,11 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from node.community import Community
+from node.folders import WatchedFolders
 from node.network import Network
 from node.pins import Pins
-from node.service import ContentManager
+from node.plex import PlexImport
+from node.service import ContentManager, check_visibility
 from node.shares import Shares
 from node.traffic import Traffic
 from priv_network import __version__
@@ -568,3 +570,38 @@ class NetworkApi:
         require_admin(request)
         event = await self.network.remove_member(request.match_info["id"])
         return web.json_response({"removed": event.subject, "event": event.id})
+
+
+class ImportApi:
+    """Plex import and watched-folder scans (owner only)."""
+
+    def __init__(self, plex: PlexImport, folders: WatchedFolders) -> None:
+        self.plex = plex
+        self.folders = folders
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/api/v1/import/plex", self.import_plex),
+            web.post("/api/v1/scan", self.scan),
+        ]
+
+    async def import_plex(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        body = await json_body(request)
+        url, token, section = body.get("url"), body.get("token"), body.get("section")
+        visibility = body.get("visibility", "private")
+        if not isinstance(url, str) or not isinstance(token, str):
+            raise InvalidInput("url and token are required")
+        if section is not None and not isinstance(section, str):
+            raise InvalidInput("section must be a section name")
+        if not isinstance(visibility, str):
+            raise InvalidInput("visibility must be a string")
+        check_visibility(visibility)
+        report = await self.plex.run(url.strip(), token.strip(), section or None, visibility)
+        return web.json_response(report.to_json())
+
+    async def scan(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        if not self.folders.folders:
+            raise InvalidInput("no watched folders: list them in [folders] paths in config.toml")
+        return web.json_response(await self.folders.scan())

@@ -181,6 +181,29 @@ class BlobStore:
             already_stored=False,
         )
 
+    def hash_in_place(self, path: Path) -> StoredBlob:
+        """Hash a file that stays where it is (referenced, not copied)."""
+        whole = blake3()
+        blocks: list[bytes] = []
+        size = 0
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(self.block_size):
+                    whole.update(chunk)
+                    blocks.append(block_hash(chunk))
+                    size += len(chunk)
+        except OSError as exc:
+            raise InvalidInput(f"{path}: {exc.strerror}") from None
+        manifest = b"".join(blocks)
+        return StoredBlob(
+            content_hash=whole.hexdigest(),
+            size=size,
+            block_size=self.block_size,
+            manifest=manifest,
+            manifest_hash=manifest_hash(self.block_size, size, manifest),
+            already_stored=self.blob_path(whole.hexdigest()).exists(),
+        )
+
     def adopt(self, path: Path) -> StoredBlob:
         """Take a complete file already in the store's folder (same file system): hash it, then rename it in."""
         whole = blake3()

@@ -24,6 +24,8 @@ blobs = sa.Table(
     sa.Column("manifest_hash", sa.String(64), nullable=False),
     sa.Column("poster", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Set when the content is referenced in place (e.g. a Plex library file) instead of copied.
+    sa.Column("external_path", sa.Text),
 )
 
 items = sa.Table(

@@ -217,8 +217,13 @@ class ContentManager:
         return [self._info(r) for r in await self._store.list_items(limit, offset)]
 
     async def content_file(self, item_id: str) -> ContentFile:
-        item = await self.get_item(item_id)
-        path = self._blobs.blob_path(item.content_hash)
+        check_item_id(item_id)
+        row = await self._store.get_item(item_id)
+        if row is None:
+            raise NotFound(f"no item {item_id}")
+        item = self._info(row)
+        external = row["external_path"]
+        path = Path(external) if external else self._blobs.blob_path(item.content_hash)
         return ContentFile(path=path, mime=item.mime, size=item.size, etag=item.content_hash)
 
     async def poster_file(self, item_id: str) -> ContentFile:
@@ -239,12 +244,15 @@ class ContentManager:
     async def set_metadata(self, item_id: str, meta: dict[str, Any], title: str | None = None) -> ItemInfo:
         """Update an item's source metadata (a re-import that found changes)."""
         check_item_id(item_id)
+        row = await self._store.get_item(item_id)
+        if row is None:
+            raise NotFound(f"no item {item_id}")
         values = metadata_values(meta)
         if title is not None:
             values["title"] = _check_title(title)
-        if values and not await self._store.update_item(item_id, values):
-            raise NotFound(f"no item {item_id}")
-        if values:
+        changed = {k: v for k, v in values.items() if row.get(k) != v}
+        if changed:
+            await self._store.update_item(item_id, changed)
             await self.notify_changed()
         return await self.get_item(item_id)
 
@@ -362,7 +370,9 @@ class ContentManager:
         return await self.content_file(item_id)
 
     # -- ingest -------------------------------------------------------------
-    async def ingest_paths(self, paths: Sequence[str], title: str | None, visibility: str) -> IngestReport:
+    async def ingest_paths(
+        self, paths: Sequence[str], title: str | None, visibility: str, *, source: str = "local"
+    ) -> IngestReport:
         visibility = check_visibility(visibility)
         if title is not None:
             title = _check_title(title)
@@ -391,7 +401,7 @@ class ContentManager:
         async def one(cand: _Candidate) -> None:
             async with sem:
                 try:
-                    await self._ingest_one(cand, title, visibility, report)
+                    await self._ingest_one(cand, title, visibility, report, source)
                 except PrivNetworkError as exc:
                     report.failed.append((str(cand.path), exc.message))
                     if exc.status == 507:
@@ -404,18 +414,84 @@ class ContentManager:
             raise disk_full[0]
         return report
 
-    async def _ingest_one(self, cand: _Candidate, title: str | None, visibility: str, report: IngestReport) -> None:
+    async def _ingest_one(
+        self, cand: _Candidate, title: str | None, visibility: str, report: IngestReport, source: str
+    ) -> None:
         stored: StoredBlob = await self._run(self._blobs.ingest, cand.path)
         await self.register(
             stored,
             name=cand.path.name,
             title=title,
             visibility=visibility,
-            source="local",
+            source=source,
             source_file=(str(cand.path), cand.size, cand.mtime_ns),
             report=report,
             where=str(cand.path),
         )
+
+    async def ingest_file(
+        self,
+        path: Path,
+        *,
+        title: str | None,
+        visibility: str,
+        source: str,
+        metadata: dict[str, Any],
+        reference: bool,
+    ) -> tuple[ItemInfo, str]:
+        """Ingest one outside file with its metadata (an import); unchanged files are not read again.
+
+        Returns the item and what happened: "added", "updated" (metadata changed), or "unchanged".
+        """
+        visibility = check_visibility(visibility)
+        try:
+            st = await self._run(os.stat, path)
+        except OSError as exc:
+            raise InvalidInput(f"{path}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
+            raise InvalidInput(f"{path}: not a readable file")
+        known = (await self._store.source_files_for([str(path)])).get(str(path))
+        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+            existing = (await self._store.items_by_hashes([known[2]])).get(known[2])
+            if existing is not None:
+                before = self._info(existing)
+                after = await self.set_metadata(before.id, metadata, title=title)
+                return after, "unchanged" if after == before else "updated"
+        stored: StoredBlob = await self._run(self._blobs.hash_in_place if reference else self._blobs.ingest, path)
+        report = IngestReport()
+        await self.register(
+            stored,
+            name=path.name,
+            title=None,
+            visibility=visibility,
+            source=source,
+            source_file=(str(path), st.st_size, st.st_mtime_ns),
+            report=report,
+            where=str(path),
+            metadata=metadata,
+            external_path=str(path) if reference and not stored.already_stored else None,
+        )
+        if report.added:
+            item = await self.set_metadata(report.added[0].id, {}, title=title) if title else report.added[0]
+            await self.notify_changed()
+            return item, "added"
+        before = report.existing[0]
+        after = await self.set_metadata(before.id, metadata, title=title)
+        return after, "unchanged" if after == before else "updated"
+
+    async def forget_missing_files(self, folder: str, *, source: str) -> list[str]:
+        """Files under ``folder`` that were ingested but are gone: remove their items (a watched folder)."""
+        removed = []
+        for path, content_hash in await self._store.source_files_under(folder):
+            if await self._run(os.path.exists, path):
+                continue
+            await self._store.forget_source_file(path)
+            row = (await self._store.items_by_hashes([content_hash])).get(content_hash)
+            if row is None or row["source"] != source or await self._store.source_files_for_hash(content_hash):
+                continue
+            await self.remove_item(row["id"])
+            removed.append(row["id"])
+        return removed
 
     async def ingest_stored_file(
         self,
@@ -464,6 +540,7 @@ class ContentManager:
         report: IngestReport,
         where: str,
         metadata: dict[str, Any] | None = None,
+        external_path: str | None = None,
     ) -> None:
         """Record stored content as an item (probing it), or note the item that already has it."""
         known = await self._store.items_by_hashes([stored.content_hash])
@@ -476,7 +553,7 @@ class ContentManager:
         if stored.content_hash in known and title is not None:
             report.existing.append(await self.set_title(known[stored.content_hash]["id"], title))
             return
-        blob_path = self._blobs.blob_path(stored.content_hash)
+        blob_path = Path(external_path) if external_path else self._blobs.blob_path(stored.content_hash)
         result: ProbeResult = await self._run(probe, blob_path, name)
         has_poster = False
         if result.poster:
@@ -506,7 +583,9 @@ class ContentManager:
         }
         if result.duration is None and isinstance((metadata or {}).get("duration"), int | float):
             item["duration"] = float((metadata or {})["duration"])
-        row, created = await self._store.add_item(_blob_values(stored, poster=has_poster), item, source_file)
+        row, created = await self._store.add_item(
+            _blob_values(stored, poster=has_poster, external_path=external_path), item, source_file
+        )
         (report.added if created else report.existing).append(self._info(row))
         log.info("ingested %s as %s (%s, %d bytes)", where, row["id"], result.kind, stored.size)
 
@@ -566,8 +645,9 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _blob_values(stored: StoredBlob, *, poster: bool) -> dict[str, Any]:
+def _blob_values(stored: StoredBlob, *, poster: bool, external_path: str | None = None) -> dict[str, Any]:
     return {
+        "external_path": external_path,
         "hash": stored.content_hash,
         "size": stored.size,
         "block_size": stored.block_size,

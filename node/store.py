@@ -33,7 +33,7 @@ from node.models import (
     view_receipts,
 )
 
-_ITEM_COLUMNS = [*items.c, blobs.c.block_size, blobs.c.manifest_hash, blobs.c.poster]
+_ITEM_COLUMNS = [*items.c, blobs.c.block_size, blobs.c.manifest_hash, blobs.c.poster, blobs.c.external_path]
 
 
 class CmaStore:
@@ -600,3 +600,22 @@ class CmaStore:
     async def delete_download(self, download_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(sa.delete(downloads).where(downloads.c.id == download_id))
+
+    async def source_files_under(self, folder: str) -> list[tuple[str, str]]:
+        prefix = folder.rstrip("/") + "/"
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(source_files.c.path, source_files.c.content_hash).where(
+                    source_files.c.path.startswith(prefix, autoescape=True)
+                )
+            )
+            return [(r[0], r[1]) for r in rows]
+
+    async def forget_source_file(self, path: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(source_files).where(source_files.c.path == path))
+
+    async def source_files_for_hash(self, content_hash: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(source_files.c.path).where(source_files.c.content_hash == content_hash))
+            return [r[0] for r in rows]

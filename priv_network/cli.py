@@ -538,6 +538,39 @@ async def cmd_downloads(client: AdminClient, args: argparse.Namespace, out: IO[s
     return EXIT_OK
 
 
+async def cmd_import_plex(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    body: dict[str, Any] = {"url": args.url, "token": args.token, "visibility": args.visibility}
+    if args.section:
+        body["section"] = args.section
+    report = await client.post("/api/v1/import/plex", body)
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(
+            f"{len(report['added'])} added, {len(report['updated'])} updated, {report['unchanged']} unchanged, "
+            f"{len(report['failed'])} failed\n"
+        )
+    for note in report["notes"]:
+        sys.stderr.write(f"note: {note}\n")
+    for failure in report["failed"]:
+        sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    return EXIT_FAIL if report["failed"] else EXIT_OK
+
+
+async def cmd_scan(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    report = await client.post("/api/v1/scan")
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(
+            f"{len(report['folders'])} folders: {report['added']} added, {report['unchanged']} unchanged, "
+            f"{report['removed']} removed, {len(report['failed'])} failed\n"
+        )
+    for failure in report["failed"]:
+        sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    return EXIT_FAIL if report["failed"] else EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -643,6 +676,18 @@ def build_parser() -> Parser:
     p = sub.add_parser("downloads", help="the download queue with progress")
     p.add_argument("--json", action="store_true")
     p.set_defaults(remote=cmd_downloads)
+
+    p = sub.add_parser("import-plex", help="import movie and show sections from a Plex server")
+    p.add_argument("--url", required=True, help="the Plex server, e.g. http://127.0.0.1:32400")
+    p.add_argument("--token", required=True, help="an X-Plex-Token for it")
+    p.add_argument("--section", help="only this library section")
+    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_import_plex)
+
+    p = sub.add_parser("scan", help="rescan the watched folders now")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_scan)
 
     p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
     p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")

@@ -185,6 +185,23 @@ class DownloadsSection:
 
 
 @dataclass(frozen=True)
+class PlexSection:
+    mode: str = _setting("reference", "reference: play Plex's files where they are; copy: copy them into the store.")
+    url: str = _setting("", "Plex server for scheduled re-imports (empty: only `import-plex` imports).")
+    token: str = _setting("", "Plex token for scheduled re-imports.")
+    section: str = _setting("", "Only this library section (empty: all movie and show sections).")
+    interval: float = _setting(0.0, "Re-import from Plex this often (0: never).", "duration")
+    visibility: str = _setting("private", "Visibility of imported items.")
+
+
+@dataclass(frozen=True)
+class FoldersSection:
+    paths: tuple[str, ...] = _setting((), "Folders rescanned on a schedule and by `priv-network scan`.", "list")
+    interval: float = _setting(900.0, "How often watched folders are rescanned.", "duration")
+    visibility: str = _setting("private", "Visibility of items found in watched folders.")
+
+
+@dataclass(frozen=True)
 class CommunitySection:
     view_threshold: float = _setting(30.0, "Playback that counts as a view (or half of a shorter item).", "duration")
     view_window: float = _setting(6 * 3600.0, "A user's views of one item count at most once per this.", "duration")
@@ -205,6 +222,8 @@ SECTIONS: dict[str, type] = {
     "network": NetworkSection,
     "uploads": UploadsSection,
     "downloads": DownloadsSection,
+    "plex": PlexSection,
+    "folders": FoldersSection,
     "community": CommunitySection,
     "log": LogSection,
 }
@@ -221,6 +240,8 @@ class Config:
     network: NetworkSection = field(default_factory=NetworkSection)
     uploads: UploadsSection = field(default_factory=UploadsSection)
     downloads: DownloadsSection = field(default_factory=DownloadsSection)
+    plex: PlexSection = field(default_factory=PlexSection)
+    folders: FoldersSection = field(default_factory=FoldersSection)
     community: CommunitySection = field(default_factory=CommunitySection)
     log: LogSection = field(default_factory=LogSection)
 
@@ -262,6 +283,10 @@ def _convert(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{where} must be an integer, got {value!r}")
             return value
+        if kind == "list":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+            return tuple(value)
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -306,6 +331,8 @@ def validate(config: Config) -> None:
         raise ConfigError("[store] block_size must be a power of two between 64 KiB and 16 MiB")
     if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"[log] level must be DEBUG, INFO, WARNING or ERROR, not {config.log.level!r}")
+    if config.plex.mode not in ("reference", "copy"):
+        raise ConfigError("[plex] mode must be reference or copy")
     if config.downloads.workers < 1:
         raise ConfigError("[downloads] workers must be at least 1")
     if config.store.hash_workers < 1:
@@ -338,6 +365,8 @@ def load_config(data_dir: Path) -> Config:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

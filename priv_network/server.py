@@ -16,12 +16,14 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.api import FederationApi, ItemsApi, NetworkApi, ShareApi
+from node.api import FederationApi, ImportApi, ItemsApi, NetworkApi, ShareApi
 from node.blobs import BlobStore
 from node.community import Community
 from node.downloads import Downloads, DownloadsApi
+from node.folders import WatchedFolders
 from node.network import Network
 from node.pins import Pins
+from node.plex import PlexImport
 from node.service import ContentManager
 from node.shares import Shares
 from node.store import CmaStore
@@ -127,6 +129,10 @@ class Node:
             allow_private=config.downloads.allow_private,
             max_filesize=config.downloads.max_filesize,
             socket_timeout=config.downloads.socket_timeout,
+        )
+        self.plex = PlexImport(cma=self.cma, executor=self.executor, mode=config.plex.mode)
+        self.folders = WatchedFolders(
+            cma=self.cma, folders=list(config.folders.paths), visibility=config.folders.visibility
         )
         self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
@@ -265,6 +271,47 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             coalesce=True,
             next_run_time=datetime.now(UTC),
         )
+        if config.folders.paths:
+
+            async def scan_job() -> None:
+                try:
+                    await node.folders.scan()
+                except PrivNetworkError as exc:
+                    log.warning("watched folder scan failed: %s", exc.message)
+                except Exception:
+                    log.exception("watched folder scan crashed")
+
+            sched.add_job(
+                scan_job,
+                "interval",
+                seconds=config.folders.interval,
+                id="scan-folders",
+                name="rescan watched folders",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
+        if config.plex.url and config.plex.token and config.plex.interval > 0:
+
+            async def plex_job() -> None:
+                try:
+                    await node.plex.run(
+                        config.plex.url, config.plex.token, config.plex.section or None, config.plex.visibility
+                    )
+                except PrivNetworkError as exc:
+                    log.warning("scheduled Plex import failed: %s", exc.message)
+                except Exception:
+                    log.exception("scheduled Plex import crashed")
+
+            sched.add_job(
+                plex_job,
+                "interval",
+                seconds=config.plex.interval,
+                id="plex-import",
+                name="re-import from Plex",
+                max_instances=1,
+                coalesce=True,
+            )
         sched.start()
         log.info("scheduler started: sync every %.0fs (+ up to %ds jitter)", config.sync.interval, jitter)
         yield
@@ -276,6 +323,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         ShareApi(node.shares, node.traffic).routes(),
         UploadsApi(node.uploads).routes(),
         DownloadsApi(node.downloads).routes(),
+        ImportApi(node.plex, node.folders).routes(),
         PinsApi(node.pinner).routes(),
         FederationApi(
             cma=node.cma,
