@@ -1,0 +1,561 @@
+"""Every command of the ``priv-network`` CLI, defined once for the CLI and the REPL.
+
+A command on a running node is one function over (client, args, out); it
+talks to the node's admin API only. ``build_parser`` declares them all; the
+CLI (``priv_network.cli``) and the REPL (``priv_network.repl``) both parse
+with it and run the same functions, so their arguments and output agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from priv_network import __version__
+from priv_network.client import AdminClient
+from priv_network.config import DATA_ENV, Config, load_config, parse_listen
+from priv_network.errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+Command = Callable[[AdminClient, argparse.Namespace, IO[str]], Awaitable[int]]
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and never exits by itself)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise SystemExit(status)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "priv-network"
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    raw = args.data or os.environ.get(DATA_ENV)
+    return Path(raw).expanduser().absolute() if raw else default_data_dir()
+
+
+def local_url(config: Config) -> str:
+    host, port = parse_listen(config.node.listen)
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _human_size(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _absolute(path: str) -> str:
+    """Paths are resolved here: the node may run in another working directory."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
+    if not rows:
+        return
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# -- local commands -----------------------------------------------------------
+
+
+async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    status = await client.get("/api/v1/status")
+    if args.json:
+        out.write(json.dumps(status, indent=2) + "\n")
+        return EXIT_OK
+    _table(
+        [
+            ["node ID", status["node_id"]],
+            ["name", status["name"]],
+            ["URL", status["url"]],
+            ["version", status["version"]],
+            ["items", str(status["items"])],
+            ["store size", _human_size(status["store_bytes"])],
+            ["free disk", _human_size(status["free_bytes"])],
+        ],
+        out,
+    )
+    traffic = status.get("traffic") or {}
+    if traffic:
+        out.write("\n")
+        rows = [["TRAFFIC", "SENT", "RECEIVED"]]
+        rows += [[k, _human_size(v["sent"]), _human_size(v["received"])] for k, v in sorted(traffic.items())]
+        _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    body: dict[str, Any] = {"paths": args.paths, "visibility": args.visibility}
+    if args.title is not None:
+        body["title"] = args.title
+    report = await client.post("/api/v1/items", body)
+    entries = [{**i, "status": "added"} for i in report["added"]] + [
+        {**i, "status": "existing"} for i in report["existing"]
+    ]
+    if args.json:
+        out.write(json.dumps(entries, indent=2) + "\n")
+    else:
+        for entry in entries:
+            out.write(f"{entry['status']:8}  {entry['id']}  {entry['kind']:5}  {entry['title']}\n")
+        out.write(
+            f"{len(report['added'])} added, {len(report['existing'])} already stored"
+            f" ({report['skipped_unchanged']} unchanged, not re-read), {len(report['failed'])} failed\n"
+        )
+    for warning in report["warnings"]:
+        sys.stderr.write(f"warning: {warning['path']}: {warning['warning']}\n")
+    for failure in report["failed"]:
+        sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    return EXIT_FAIL if report["failed"] else EXIT_OK
+
+
+async def cmd_remove(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    for item_id in args.ids:
+        await client.delete(f"/api/v1/items/{item_id}")
+        out.write(f"removed {item_id}\n")
+    return EXIT_OK
+
+
+async def cmd_search(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    params = {"q": args.query, "limit": str(args.limit), "kind": args.kind, "node": args.node}
+    result = await client.get("/api/v1/search", **{k: v for k, v in params.items() if v is not None})
+    hits = result["results"]
+    if args.json:
+        out.write(json.dumps(hits, indent=2) + "\n")
+        return EXIT_OK
+    if not hits:
+        out.write("no results\n")
+        return EXIT_OK
+    rows = [["ID", "KIND", "DURATION", "OWNER", "TITLE"]]
+    for hit in hits:
+        owner = hit["node_name"] + ("" if hit["online"] else " (offline)")
+        duration = f"{hit['duration']:.0f}s" if hit.get("duration") else ""
+        rows.append([hit["id"], hit["kind"], duration, owner, hit["title"]])
+    _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_item(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    item = await client.get(f"/api/v1/items/{args.id}")
+    if args.json:
+        out.write(json.dumps(item, indent=2) + "\n")
+    else:
+        _table([[k, "" if v is None else str(v)] for k, v in item.items()], out)
+    return EXIT_OK
+
+
+async def cmd_visibility(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    item = await client.patch(f"/api/v1/items/{args.id}", {"visibility": args.visibility})
+    out.write(f"{item['id']}  {item['visibility']}\n")
+    return EXIT_OK
+
+
+async def cmd_sync(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/sync")
+    # A peer that cannot be reached is reported, not a failure of the command:
+    # its rows stay searchable and it is retried with backoff.
+    for node_id, changed in result["changed"].items():
+        out.write(f"{node_id}  {changed if isinstance(changed, str) else f'{changed} changes'}\n")
+    return EXIT_OK
+
+
+async def cmd_invite(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/network/invites", {"ttl": args.ttl, "uses": args.uses})
+    out.write(result["token"] + "\n")
+    return EXIT_OK
+
+
+async def cmd_join(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/network/join", {"token": args.token})
+    inviter = result["inviter"]
+    out.write(f"joined the group of {inviter['name']} ({inviter['node_id']}) at {inviter['url']}\n")
+    return EXIT_OK
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    delta = time.time() - ts
+    if delta < 0:
+        return f"in {_span(-delta)}"
+    return f"{_span(delta)} ago"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+async def cmd_peers(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    if getattr(args, "peers_command", None) == "remove":
+        result = await client.delete(f"/api/v1/network/members/{args.id}")
+        out.write(f"removed {result['removed']} from the group\n")
+        return EXIT_OK
+    peers = (await client.get("/api/v1/peers"))["peers"]
+    if args.json:
+        out.write(json.dumps(peers, indent=2) + "\n")
+        return EXIT_OK
+    if not peers:
+        out.write("no peers yet: `priv-network invite` here, then `priv-network join TOKEN` on the other node\n")
+        return EXIT_OK
+    rows = [["NODE ID", "NAME", "URL", "STATE", "LAST SYNC", "ITEMS", "FAILURES", "NEXT RETRY"]]
+    for p in peers:
+        retry = _ago(p["next_retry_at"]) if p["next_retry_at"] else "-"
+        rows.append(
+            [
+                p["node_id"],
+                p["name"],
+                p["url"],
+                "online" if p["online"] else "offline",
+                _ago(p["last_sync_at"]),
+                str(p["items"]),
+                str(p["failures"]),
+                retry,
+            ]
+        )
+    _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_pin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    pin = await client.post("/api/v1/pins", {"id": args.id})
+    while args.wait and pin["state"] == "fetching":
+        await asyncio.sleep(0.5)
+        pin = next((p for p in (await client.get("/api/v1/pins"))["pins"] if p["id"] == args.id), pin)
+    out.write(f"{pin['id']}  {pin['state']}  {pin['progress']:.0%}  {pin['title']}\n")
+    if args.wait and pin["state"] != "complete":
+        sys.stderr.write(f"priv-network: pin paused: {pin['error']}\n")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+async def cmd_unpin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    await client.delete(f"/api/v1/pins/{args.id}")
+    out.write(f"unpinned {args.id}\n")
+    return EXIT_OK
+
+
+async def cmd_pins(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    pins = (await client.get("/api/v1/pins"))["pins"]
+    if args.json:
+        out.write(json.dumps(pins, indent=2) + "\n")
+        return EXIT_OK
+    if not pins:
+        out.write("nothing pinned\n")
+        return EXIT_OK
+    rows = [["ID", "STATE", "PROGRESS", "SIZE", "TITLE"]]
+    rows += [[p["id"], p["state"], f"{p['progress']:.0%}", _human_size(p["size"]), p["title"]] for p in pins]
+    _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_share(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    if args.id == "revoke":
+        if not args.target:
+            raise UsageError("priv-network share revoke: needs the share link or its ID (see --help)")
+        await client.delete(f"/api/v1/shares/{args.target.rsplit('/', 1)[-1].split('.', 1)[0]}")
+        out.write(f"revoked {args.target}\n")
+        return EXIT_OK
+    if args.target:
+        raise UsageError(f"priv-network share: unexpected argument {args.target!r} (see --help)")
+    body: dict[str, Any] = {"id": args.id, "ttl": args.ttl}
+    if args.downloads is not None:
+        body["downloads"] = args.downloads
+    share = await client.post("/api/v1/shares", body)
+    out.write(share["url"] + "\n")
+    return EXIT_OK
+
+
+async def cmd_shares(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    shares = (await client.get("/api/v1/shares"))["shares"]
+    if args.json:
+        out.write(json.dumps(shares, indent=2) + "\n")
+        return EXIT_OK
+    if not shares:
+        out.write("no share links\n")
+        return EXIT_OK
+    rows = [["SHARE", "STATE", "DOWNLOADS", "EXPIRES", "TITLE"]]
+    for s in shares:
+        limit = f"{s['downloads']}/{s['max_downloads']}" if s["max_downloads"] else str(s["downloads"])
+        rows.append([s["id"], s["state"], limit, _ago(s["expires_at"]), s["title"] or s["item_id"]])
+    _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_comments(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    comments = (await client.get(f"/api/v1/items/{args.id}/comments"))["comments"]
+    if args.json:
+        out.write(json.dumps(comments, indent=2) + "\n")
+        return EXIT_OK
+    if not comments:
+        out.write("no comments yet\n")
+        return EXIT_OK
+    for c in comments:
+        indent = "  " * int(c["depth"])
+        flags = []
+        if c["state"] != "published":
+            flags.append(c["state"] + (f": {c['error']}" if c.get("error") else ""))
+        if c["former_member"]:
+            flags.append("former member")
+        if c["edited_at"] and not c["deleted"]:
+            flags.append("edited")
+        note = f" ({', '.join(flags)})" if flags else ""
+        text = "[deleted]" if c["deleted"] else c["body"].replace("\n", "\n" + indent + "    ")
+        out.write(f"{indent}{c['author']}{note}  [{c['id']}]\n{indent}    {text}\n")
+    return EXIT_OK
+
+
+async def cmd_comment(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    body: dict[str, Any] = {"body": args.text}
+    if args.reply_to:
+        body["parent_id"] = args.reply_to
+    comment = await client.post(f"/api/v1/items/{args.id}/comments", body)
+    out.write(f"{comment['id']}  {comment['state']}\n")
+    return EXIT_OK
+
+
+async def cmd_download(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    row = await client.post("/api/v1/downloads", {"url": args.url, "visibility": args.visibility})
+    out.write(f"{row['id']}  {row['state']}  {row['url']}\n")
+    return EXIT_OK
+
+
+async def cmd_downloads(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    rows = (await client.get("/api/v1/downloads"))["downloads"]
+    if args.json:
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    if not rows:
+        out.write("no downloads\n")
+        return EXIT_OK
+    table = [["ID", "STATE", "PROGRESS", "TITLE / URL", "MESSAGE"]]
+    for r in rows:
+        progress = f"{r['bytes'] / r['total']:.0%}" if r.get("total") else _human_size(r["bytes"] or 0)
+        table.append([r["id"], r["state"], progress, r["title"] or r["url"], r["message"] or ""])
+    _table(table, out)
+    return EXIT_OK
+
+
+async def cmd_import_plex(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    body: dict[str, Any] = {"url": args.url, "token": args.token, "visibility": args.visibility}
+    if args.section:
+        body["section"] = args.section
+    report = await client.post("/api/v1/import/plex", body)
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(
+            f"{len(report['added'])} added, {len(report['updated'])} updated, {report['unchanged']} unchanged, "
+            f"{len(report['failed'])} failed\n"
+        )
+    for note in report["notes"]:
+        sys.stderr.write(f"note: {note}\n")
+    for failure in report["failed"]:
+        sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    return EXIT_FAIL if report["failed"] else EXIT_OK
+
+
+async def cmd_scan(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    report = await client.post("/api/v1/scan")
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(
+            f"{len(report['folders'])} folders: {report['added']} added, {report['unchanged']} unchanged, "
+            f"{report['removed']} removed, {len(report['failed'])} failed\n"
+        )
+    for failure in report["failed"]:
+        sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    return EXIT_FAIL if report["failed"] else EXIT_OK
+
+
+async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
+    out.write(result["token"] + "\n")
+    return EXIT_OK
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="priv-network", description="A private, federated media network for small groups.")
+    parser.add_argument("--data", metavar="DIR", help=f"data folder (default: ${DATA_ENV} or {default_data_dir()})")
+    parser.add_argument("--version", action="version", version=f"priv-network {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("init", help="create a node's data folder, keys and database")
+    p.add_argument("--name", required=True, help="the node's human-readable name")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8700)")
+    p.add_argument("--url", metavar="PUBLIC_URL", help="URL peers reach this node at (default http://LISTEN)")
+    p.set_defaults(local="init")
+
+    p = sub.add_parser("serve", help="run the node until SIGINT/SIGTERM")
+    p.add_argument("--upgrade", action="store_true", help="migrate the database to the latest schema first")
+    p.set_defaults(local="serve")
+
+    p = sub.add_parser("repl", help="an interactive shell on the running node (every command, with completion)")
+    p.add_argument("--url", help="manage another node you own, at this URL")
+    p.add_argument("--token", help="an admin API token for --url")
+    p.set_defaults(local="repl")
+
+    p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
+    p.add_argument("db_command", choices=["upgrade", "current"])
+    p.set_defaults(local="db")
+
+    p = sub.add_parser("status", help="node ID, name, URL, items, store size and free disk")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_status)
+
+    p = sub.add_parser("add", help="ingest files and folders (recursively)")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_absolute)
+    p.add_argument("--title", help="title for a single file (default: from the file name)")
+    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_add)
+
+    p = sub.add_parser("remove", help="delete items")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(remote=cmd_remove)
+
+    p = sub.add_parser("item", help="show one item's metadata")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_item)
+
+    p = sub.add_parser("visibility", help="set who may see an item: private, network or peers:ID,ID")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("visibility")
+    p.set_defaults(remote=cmd_visibility)
+
+    p = sub.add_parser("search", help="search the registry")
+    p.add_argument("query")
+    p.add_argument("--kind", choices=["video", "audio", "image", "other"])
+    p.add_argument("--node", metavar="ID", help="only items owned by this node")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_search)
+
+    p = sub.add_parser("sync", help="poll every feed now and wait")
+    p.set_defaults(remote=cmd_sync)
+
+    p = sub.add_parser("pin", help="mirror a peer's item into this node's store, for watching offline")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="wait until the copy is complete and verified")
+    p.set_defaults(remote=cmd_pin)
+
+    p = sub.add_parser("unpin", help="drop a pinned copy")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(remote=cmd_unpin)
+
+    p = sub.add_parser("pins", help="list pinned copies with their progress")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_pins)
+
+    p = sub.add_parser("share", help="make a download link of one of this node's items for someone outside")
+    p.add_argument("id", metavar="ID", help="the item ID, or `revoke` followed by the link or share ID")
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--ttl", default="24h", help="how long the link works (default 24h)")
+    p.add_argument("--downloads", type=int, help="how many downloads it allows (default: no limit)")
+    p.set_defaults(remote=cmd_share)
+
+    p = sub.add_parser("shares", help="list share links")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_shares)
+
+    p = sub.add_parser("comments", help="show an item's comment thread")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_comments)
+
+    p = sub.add_parser("comment", help="comment on an item (delivered to its owner)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--reply-to", metavar="COMMENT_ID", help="answer this comment")
+    p.set_defaults(remote=cmd_comment)
+
+    p = sub.add_parser("download", help="queue a URL for download (yt-dlp)")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.set_defaults(remote=cmd_download)
+
+    p = sub.add_parser("downloads", help="the download queue with progress")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_downloads)
+
+    p = sub.add_parser("import-plex", help="import movie and show sections from a Plex server")
+    p.add_argument("--url", required=True, help="the Plex server, e.g. http://127.0.0.1:32400")
+    p.add_argument("--token", required=True, help="an X-Plex-Token for it")
+    p.add_argument("--section", help="only this library section")
+    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_import_plex)
+
+    p = sub.add_parser("scan", help="rescan the watched folders now")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(remote=cmd_scan)
+
+    p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
+    p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")
+    p.add_argument("--uses", type=int, default=1, help="how many nodes may join with it (default 1)")
+    p.set_defaults(remote=cmd_invite)
+
+    p = sub.add_parser("join", help="join a group with an invite token")
+    p.add_argument("token", metavar="TOKEN")
+    p.set_defaults(remote=cmd_join)
+
+    p = sub.add_parser("peers", help="list the group's members, or remove one")
+    p.add_argument("--json", action="store_true")
+    psub = p.add_subparsers(dest="peers_command", metavar="ACTION", parser_class=Parser)
+    pr = psub.add_parser("remove", help="remove a member for the whole group")
+    pr.add_argument("id", metavar="ID")
+    p.set_defaults(remote=cmd_peers)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", parser_class=Parser, required=True)
+    tp = tsub.add_parser("create", help="create an API token and print it")
+    tp.add_argument("--user", metavar="NAME", help="who the token is for (a label)")
+    tp.add_argument("--admin", action="store_true", help="give the token owner rights")
+    tp.set_defaults(remote=cmd_token_create)
+    return parser
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    config = load_config(data_dir(args))
+    try:
+        token = config.admin_token_path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the admin credential {config.admin_token_path}: {exc.strerror}") from None
+    return AdminClient(local_url(config), token)
