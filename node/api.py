@@ -6,10 +6,13 @@ import asyncio
 import base64
 import re
 from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
 
+from node import backup
 from node.community import Community
 from node.folders import WatchedFolders
 from node.network import Network
@@ -19,7 +22,7 @@ from node.service import ContentManager, check_visibility
 from node.shares import Shares
 from node.traffic import Traffic
 from priv_network import __version__
-from priv_network.config import parse_duration
+from priv_network.config import Config, parse_duration
 from priv_network.errors import ConfigError, InvalidInput, NotFound, PrivNetworkError, Unauthorized
 from priv_network.http import int_param, json_body, peer_of, principal_of, require_admin
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
@@ -605,3 +608,29 @@ class ImportApi:
         if not self.folders.folders:
             raise InvalidInput("no watched folders: list them in [folders] paths in config.toml")
         return web.json_response(await self.folders.scan())
+
+
+class BackupApi:
+    """Backups of the running node (it holds the data folder's lock, so it writes them)."""
+
+    def __init__(self, config: Config, node_id: str, executor: Executor) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.executor = executor
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [web.post("/api/v1/backup", self.create)]
+
+    async def create(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        body = await json_body(request)
+        path, with_store = body.get("path"), body.get("store", False)
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidInput("path must name the archive to write")
+        if not isinstance(with_store, bool):
+            raise InvalidInput("store must be true or false")
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self.executor, lambda: backup.backup(self.config, self.node_id, Path(path), with_store=with_store)
+        )
+        return web.json_response(result, status=201)

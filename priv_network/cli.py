@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import importlib
 import logging
 import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from priv_network import db, repl
@@ -39,10 +41,19 @@ from priv_network.commands import (
     local_url,
 )
 from priv_network.config import CONFIG_FILE, load_config, parse_listen, render_config
-from priv_network.errors import ConfigError, DataFolderLocked, InvalidInput, PrivNetworkError
+from priv_network.errors import ConfigError, DataFolderLocked, InvalidInput, NodeUnreachable, PrivNetworkError
 from priv_network.identity import NodeIdentity
 
 log = logging.getLogger("priv_network.cli")
+
+
+def _server() -> ModuleType:
+    """The composition root, imported only by the commands that need it.
+
+    It pulls in FFmpeg (PyAV), yt-dlp and plexapi: importing it at the top
+    would make every client command (status, search, ...) take seconds.
+    """
+    return importlib.import_module("priv_network.server")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -64,9 +75,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         config = load_config(target)
         identity = NodeIdentity.generate()
         identity.save(config.key_path)
-        from priv_network.server import initialize  # noqa: PLC0415 - heavy; only init needs it
-
-        token = asyncio.run(initialize(config, identity))
+        token = asyncio.run(_server().initialize(config, identity))
         _write_private(config.admin_token_path, (token + "\n").encode())
     except BaseException:
         # Leave nothing half-made behind.
@@ -130,9 +139,7 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web  # noqa: PLC0415 - keep client commands light
-
-    from priv_network.server import create_app  # noqa: PLC0415
+    server = _server()
 
     config = load_config(data_dir(args))
     setup_logging(config.log.level)
@@ -140,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lock = DataLock(config.lock_path)
     lock.acquire()
     try:
-        app = create_app(config, identity, upgrade=args.upgrade)
+        app = server.create_app(config, identity, upgrade=args.upgrade)
         url = local_url(config)
 
         def announce(_msg: str) -> None:
@@ -153,7 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         host, port = parse_listen(config.node.listen)
         try:
-            web.run_app(
+            server.web.run_app(
                 app,
                 host=host,
                 port=port,
@@ -211,11 +218,47 @@ def cmd_repl(args: argparse.Namespace) -> int:
     return asyncio.run(repl.run(client, history))
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Through the running node if there is one; otherwise directly, holding the folder's lock."""
+    target = Path(args.path).expanduser().absolute()
+
+    async def through_node() -> dict[str, Any]:
+        async with admin_client(args) as client:
+            result: dict[str, Any] = await client.post("/api/v1/backup", {"path": str(target), "store": args.store})
+            return result
+
+    try:
+        result = asyncio.run(through_node())
+    except NodeUnreachable:
+        config = load_config(data_dir(args))
+        lock = DataLock(config.lock_path)
+        lock.acquire()
+        try:
+            result = _server().backup_offline(config, target, with_store=args.store)
+        finally:
+            lock.release()
+    print(f"wrote {result['path']} ({result['files']} files, {result['bytes']} bytes)")
+    for note in result["notes"]:
+        sys.stderr.write(f"note: {note}\n")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    result = _server().restore(Path(args.archive), data_dir(args))
+    print(result["node_id"])
+    sys.stderr.write(f"restored node {result['node_id']} into {result['path']}; start it with `priv-network serve`\n")
+    for note in result["notes"]:
+        sys.stderr.write(f"note: {note}\n")
+    return EXIT_OK
+
+
 LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "serve": cmd_serve,
     "db": cmd_db,
     "repl": cmd_repl,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
 }
 
 

@@ -431,6 +431,15 @@ def build_parser() -> Parser:
     p.add_argument("--token", help="an admin API token for --url")
     p.set_defaults(local="repl")
 
+    p = sub.add_parser("backup", help="write an archive of identity, config, database (and --store)")
+    p.add_argument("path", metavar="PATH", help="the archive file to create")
+    p.add_argument("--store", action="store_true", help="include the media store (large)")
+    p.set_defaults(local="backup")
+
+    p = sub.add_parser("restore", help="bring a node back from a backup into an empty --data folder")
+    p.add_argument("archive", metavar="ARCHIVE")
+    p.set_defaults(local="restore")
+
     p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
     p.add_argument("db_command", choices=["upgrade", "current"])
     p.set_defaults(local="db")

@@ -10,13 +10,16 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.api import FederationApi, ImportApi, ItemsApi, NetworkApi, ShareApi
+from node import backup as node_backup
+from node.api import BackupApi, FederationApi, ImportApi, ItemsApi, NetworkApi, ShareApi
 from node.blobs import BlobStore
 from node.community import Community
 from node.downloads import Downloads, DownloadsApi
@@ -324,6 +327,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         UploadsApi(node.uploads).routes(),
         DownloadsApi(node.downloads).routes(),
         ImportApi(node.plex, node.folders).routes(),
+        BackupApi(config, identity.node_id, node.executor).routes(),
         PinsApi(node.pinner).routes(),
         FederationApi(
             cma=node.cma,
@@ -347,3 +351,13 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
     app.on_shutdown.append(close_streams)
     return app
+
+
+def backup_offline(config: Config, dest: Path, *, with_store: bool) -> dict[str, Any]:
+    """Back up a node that is not running (the caller holds the data folder's lock)."""
+    identity = NodeIdentity.load(config.key_path)
+    return node_backup.backup(config, identity.node_id, dest, with_store=with_store)
+
+
+def restore(archive: Path, target: Path) -> dict[str, Any]:
+    return node_backup.restore(archive, target)
