@@ -87,6 +87,9 @@ class Network:
         self._notify = notify
         self._client: PeerClient | None = None
         self._keys: dict[str, bytes] = {}
+        # The inviter's key while a join is under way: it polls us as soon as it
+        # has said yes, possibly before its answer has been stored here.
+        self._provisional: dict[str, bytes] = {}
         self._removed: set[str] = set()
         self._peers: dict[str, Peer] = {}
 
@@ -143,7 +146,7 @@ class Network:
     # -- lookups ------------------------------------------------------------
     def public_key_for(self, node_id: str) -> bytes | None:
         """Key of an active member (for signature checks); None for anyone else."""
-        return self._keys.get(node_id)
+        return self._keys.get(node_id) or self._provisional.get(node_id)
 
     def is_member(self, node_id: str) -> bool:
         return node_id in self._keys
@@ -313,11 +316,20 @@ class Network:
             "node": {"node_id": self.node_id, "name": self.name, "url": self.url},
             "public_key": b64u(self.identity.public.public_key),
         }
-        answer = await self.client.post(invite["u"], "/federation/v1/join", body)
+        self._provisional[inviter_id] = key
+        try:
+            answer = await self.client.post(invite["u"], "/federation/v1/join", body)
+        except PrivNetworkError:
+            self._provisional.pop(inviter_id, None)
+            raise
         if not isinstance(answer, dict) or not isinstance(answer.get("events"), list):
+            self._provisional.pop(inviter_id, None)
             raise InvalidInput(f"{invite['u']} answered the join with garbage")
-        events = [RosterEvent.from_json(e) for e in answer["events"]]
-        added = await self.apply_roster_events(events, inviter_id)
+        try:
+            events = [RosterEvent.from_json(e) for e in answer["events"]]
+            added = await self.apply_roster_events(events, inviter_id)
+        finally:
+            self._provisional.pop(inviter_id, None)
         if not self.is_member(inviter_id):
             raise InvalidInput("the inviter's answer did not include its own roster entry")
         await self._announce(inviter_id, [e for e in events if e.subject == self.node_id])

@@ -123,7 +123,13 @@ class Uploads:
         return self._blobs.upload_dir / f"{upload_id}.part"
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The thread goes on regardless: let it finish before the caller truncates or closes its fd.
+            await asyncio.wait({future})
+            raise
 
     async def create(self, owner: str, length: int, metadata: dict[str, str]) -> dict[str, Any]:
         if length > self.max_size:
@@ -220,7 +226,9 @@ class Uploads:
                 await self._run(os.pwrite, fd, bytes(pending), position + written)
                 written += len(pending)
             await self._run(os.fsync, fd)
-        except InvalidInput:
+        except (InvalidInput, asyncio.CancelledError):
+            # Cancelled (client gone under handler_cancellation, or shutdown): the offset was not
+            # advanced, so drop this PATCH's bytes too and keep the file exactly as long as the offset.
             await self._run(os.ftruncate, fd, position)
             raise
         except OSError as exc:

@@ -252,6 +252,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    demo = importlib.import_module("priv_network.demo")
+    return int(asyncio.run(demo.run(args.dir, args.port_base)))
+
+
 LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "serve": cmd_serve,
@@ -259,6 +265,7 @@ LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
     "repl": cmd_repl,
     "backup": cmd_backup,
     "restore": cmd_restore,
+    "demo": cmd_demo,
 }
 
 

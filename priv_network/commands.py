@@ -440,6 +440,11 @@ def build_parser() -> Parser:
     p.add_argument("archive", metavar="ARCHIVE")
     p.set_defaults(local="restore")
 
+    p = sub.add_parser("demo", help="run a local three-node group with sample media (Ctrl-C stops it)")
+    p.add_argument("--dir", metavar="DIR", help="where the three data folders go (default: a new temp folder)")
+    p.add_argument("--port-base", type=int, default=8701, help="alice listens on this port, bob +1, carol +2")
+    p.set_defaults(local="demo")
+
     p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
     p.add_argument("db_command", choices=["upgrade", "current"])
     p.set_defaults(local="db")
