@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from priv_network import db, repl
+from priv_network import db, observability, repl
 from priv_network.client import AdminClient
 from priv_network.commands import (
     EXIT_FAIL,
@@ -129,13 +129,7 @@ class DataLock:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    observability.setup_logging(level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -258,6 +252,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(asyncio.run(demo.run(args.dir, args.port_base)))
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check a node's set-up; print what is wrong and how to fix it. Exit 1 if anything fails."""
+    results: list[tuple[str, str, str]] = []
+
+    def check(ok: bool | None, what: str, fix: str = "") -> None:
+        results.append(("OK" if ok else ("WARN" if ok is None else "FAIL"), what, fix))
+
+    folder = data_dir(args)
+    try:
+        config = load_config(folder)
+    except PrivNetworkError as exc:
+        print(f"FAIL  {exc.message}")
+        return EXIT_FAIL
+    mode = folder.stat().st_mode & 0o777
+    check(not mode & 0o077, f"data folder permissions {mode:o}", f"chmod 700 {folder}")
+    for secret in (config.key_path, config.admin_token_path):
+        if secret.exists():
+            smode = secret.stat().st_mode & 0o777
+            check(not smode & 0o077, f"{secret.name} permissions {smode:o}", f"chmod 600 {secret}")
+        else:
+            check(False, f"{secret.name} is missing", "restore it from a backup (`priv-network restore`)")
+    try:
+        NodeIdentity.load(config.key_path)
+        check(True, "node key loads")
+    except PrivNetworkError as exc:
+        check(False, exc.message)
+    store = config.store_path if config.store_path.exists() else folder
+    free = shutil.disk_usage(store).free
+    check(
+        free > config.store.min_free * 2 or None, f"free disk {free // 2**20} MiB", "free some space or move the store"
+    )
+
+    async def online_checks() -> None:
+        async with admin_client(args) as client:
+            try:
+                status = await client.get("/api/v1/status")
+            except NodeUnreachable as exc:
+                check(None, exc.message, "start it with `priv-network serve`")
+                return
+            check(True, f"node {status['name']} is running at {local_url(config)}")
+            schema = status.get("schema") or {}
+            if schema:
+                check(
+                    schema.get("current") == schema.get("latest"),
+                    f"schema at {schema.get('current')}",
+                    "run `priv-network db upgrade`",
+                )
+            report = await client.get("/api/v1/doctor")
+            for item in report["checks"]:
+                check(item["ok"], item["what"], item.get("fix", ""))
+
+    asyncio.run(online_checks())
+    for state, what, fix in results:
+        print(f"{state:4}  {what}" + (f"  -> {fix}" if fix and state != "OK" else ""))
+    return EXIT_FAIL if any(state == "FAIL" for state, _, _ in results) else EXIT_OK
+
+
 LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "serve": cmd_serve,
@@ -266,6 +317,7 @@ LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
     "backup": cmd_backup,
     "restore": cmd_restore,
     "demo": cmd_demo,
+    "doctor": cmd_doctor,
 }
 
 

@@ -445,6 +445,9 @@ def build_parser() -> Parser:
     p.add_argument("--port-base", type=int, default=8701, help="alice listens on this port, bob +1, carol +2")
     p.set_defaults(local="demo")
 
+    p = sub.add_parser("doctor", help="check this node's set-up and say how to fix what is wrong")
+    p.set_defaults(local="doctor")
+
     p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
     p.add_argument("db_command", choices=["upgrade", "current"])
     p.set_defaults(local="db")

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,8 @@ from aiohttp import web
 
 from priv_network.errors import BadRequest, Forbidden, InvalidInput, PrivNetworkError, Unauthorized
 from priv_network.interfaces import Principal
-from priv_network.keys import AUTHENTICATOR, FEDERATION_GATE, PEER, PRINCIPAL, REQUEST_ID, SESSION_COOKIE
+from priv_network.keys import AUTHENTICATOR, FEDERATION_GATE, METRICS, PEER, PRINCIPAL, REQUEST_ID, SESSION_COOKIE
+from priv_network.observability import REQUEST_ID as REQUEST_ID_VAR
 
 log = logging.getLogger("priv_network.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,7 +56,21 @@ def error_response(request: web.Request, status: int, code: str, message: str) -
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(6)
+    request_id = "".join(c for c in request.headers.get("X-Request-Id", "")[:64] if c.isalnum() or c in "-_")
+    request[REQUEST_ID] = request_id or secrets.token_hex(6)
+    REQUEST_ID_VAR.set(request[REQUEST_ID])
+    started = time.monotonic()
+    response = await _mapped(request, handler)
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.inc("priv_network_http_requests_total", method=request.method, status=f"{response.status // 100}xx")
+    log.debug(
+        "%s %s -> %d in %.1f ms", request.method, request.path, response.status, (time.monotonic() - started) * 1000
+    )
+    return response
+
+
+async def _mapped(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except PrivNetworkError as exc:

@@ -27,7 +27,7 @@ from priv_network.client import AdminClient
 from priv_network.commands import UsageError, build_parser
 from priv_network.errors import PrivNetworkError
 
-LOCAL_ONLY = {"init", "serve", "db", "repl", "backup", "restore", "demo"}
+LOCAL_ONLY = {"init", "serve", "db", "repl", "backup", "restore", "demo", "doctor"}
 ID_COMMANDS = {"remove", "item", "visibility", "pin", "unpin", "share", "comments", "comment"}
 PEER_COMMANDS = {"peers"}
 

@@ -7,9 +7,11 @@ they meet here through the protocols in ``priv_network.interfaces``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,13 @@ from priv_network.http import (
     auth_middleware,
     error_middleware,
     federation_middleware,
+    require_admin,
     security_headers_middleware,
 )
 from priv_network.identity import NodeIdentity
 from priv_network.interfaces import FederationGate
-from priv_network.keys import AUTHENTICATOR, CONFIG, FEDERATION_GATE
+from priv_network.keys import AUTHENTICATOR, CONFIG, FEDERATION_GATE, METRICS
+from priv_network.observability import Metrics
 from priv_network.peerclient import PeerClient
 from priv_network.signing import Signer, Verifier
 from priv_network.wire import FeedPage
@@ -55,6 +59,7 @@ from registry.transfer import Broker, Pinner
 from webapp.views import Pages
 
 log = logging.getLogger("priv_network.server")
+NODE: web.AppKey[Node] = web.AppKey("node")
 
 
 class LocalCatalog:
@@ -94,6 +99,7 @@ class Node:
             url=config.node.public_url,
             notify=self.cma.notify_changed,
         )
+        self.metrics = Metrics()
         self.registry_store = RegistryStore(self.engine)
         self.registry = Registry(
             store=self.registry_store,
@@ -106,6 +112,7 @@ class Node:
             max_concurrent=config.sync.max_concurrent,
             backoff_min=config.sync.backoff_min,
             backoff_max=config.sync.backoff_max,
+            metrics=self.metrics,
         )
         self.traffic = Traffic(self.cma_store)
         self.broker = Broker(
@@ -157,6 +164,35 @@ class Node:
         self.signer = Signer(identity)
         self.verifier = Verifier(self.network.public_key_for, window=config.network.signature_window)
 
+    def set_http(self, session: aiohttp.ClientSession, client: PeerClient) -> None:
+        self._session, self._client = session, client
+
+    def session(self) -> aiohttp.ClientSession:
+        return self._session
+
+    def client(self) -> PeerClient:
+        return self._client
+
+    async def gauges(self) -> list[tuple[str, dict[str, str], float]]:
+        status = await self.cma.status()
+        out: list[tuple[str, dict[str, str], float]] = [
+            ("priv_network_items", {}, status.items),
+            ("priv_network_store_bytes", {}, status.store_bytes),
+            ("priv_network_free_bytes", {}, status.free_bytes),
+            ("priv_network_outbox_messages", {}, len(await self.registry_store.outbox_all())),
+            ("priv_network_pins", {}, len(await self.pins.list())),
+        ]
+        queue = await self.downloads.list()
+        for state in ("pending", "processing", "error"):
+            out.append(("priv_network_downloads", {"state": state}, sum(1 for d in queue if d["state"] == state)))
+        for peer in await self.registry.peers():
+            out.append(("priv_network_peer_online", {"peer": peer["node_id"]}, 1 if peer["online"] else 0))
+            out.append(("priv_network_peer_failures", {"peer": peer["node_id"]}, peer["failures"]))
+        for subject, totals in (await self.traffic.totals()).items():
+            for direction, n in totals.items():
+                out.append(("priv_network_bytes_total", {"subject": subject, "direction": direction}, n))
+        return out
+
     async def _deliver_outbox(self) -> None:
         await self.community_service.deliver()
 
@@ -185,6 +221,61 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _doctor(request: web.Request) -> web.Response:
+    """Checks only the running node can make: its public URL and its clock against its peers'."""
+    require_admin(request)
+    node: Node = request.app[NODE]
+    current, latest = await db.current_revision(node.engine), db.head_revision()
+    checks: list[dict[str, Any]] = [
+        {
+            "ok": current == latest,
+            "what": f"database schema at revision {current} (latest {latest})",
+            "fix": "run `priv-network db upgrade`",
+        }
+    ]
+    url = node.config.node.public_url
+    try:
+        doc = await node.client().get(url, "/federation/v1/node", signed=False)
+        same = isinstance(doc, dict) and doc.get("node_id") == node.identity.node_id
+        checks.append(
+            {
+                "ok": same,
+                "what": f"public URL {url} reaches this node" if same else f"public URL {url} answers as another node",
+                "fix": "set [node] url in config.toml",
+            }
+        )
+    except PrivNetworkError as exc:
+        checks.append(
+            {
+                "ok": False,
+                "what": f"public URL {url} is not reachable: {exc.message}",
+                "fix": "peers use this address; set [node] url (and open the port)",
+            }
+        )
+    for peer in await node.network.active_peers():
+        try:
+            async with node.session().get(f"{peer.url}/healthz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                date = resp.headers.get("Date")
+            skew = abs(time.time() - parsedate_to_datetime(date).timestamp()) if date else 0.0
+            window = node.config.network.signature_window
+            checks.append(
+                {
+                    "ok": skew < window / 2,
+                    "what": f"clock vs {peer.name}: {skew:.0f}s apart",
+                    "fix": f"synchronise the clocks (NTP); signed requests allow {window:.0f}s",
+                }
+            )
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            checks.append({"ok": None, "what": f"{peer.name} at {peer.url} not reachable ({type(exc).__name__})"})
+    return web.json_response({"checks": checks})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; owner (admin) credentials only."""
+    require_admin(request)
+    return web.Response(text=await request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+
+
 def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False) -> web.Application:
     node = Node(config, identity)
     app = web.Application(
@@ -193,6 +284,8 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
     )
     app[CONFIG] = config
     app[AUTHENTICATOR] = node.cma
+    app[METRICS] = node.metrics
+    node.metrics.add_gauges(node.gauges)
     app[FEDERATION_GATE] = FederationGate(
         verify=node.verifier.verify, own_url=config.node.public_url, peer_seen=node.peer_seen
     )
@@ -215,6 +308,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             connector=aiohttp.TCPConnector(limit=64, limit_per_host=8),
         ) as session:
             client = PeerClient(session, node.signer, timeout=config.sync.timeout)
+            node.set_http(session, client)
             node.network.set_client(client)
             node.registry.set_client(client)
             node.broker.set_client(client)
@@ -345,6 +439,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
     ):
         app.add_routes(routes)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/v1/doctor", _doctor)
+    app[NODE] = node
 
     async def close_streams(app: web.Application) -> None:
         await node.downloads.close_streams()

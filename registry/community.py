@@ -79,8 +79,11 @@ class CommunityService:
         """The item's comments in thread order (replies under their parent), pending ones included."""
         owner, _row = await self._owner(item_id)
         members = {p.node_id for p in await self._directory.active_peers()} | {self.node_id}
+        # The outbox first: a delivery finishing in between has refreshed the registry
+        # before it leaves the outbox (see _send), so no comment falls between the two.
+        queued = await self._store.outbox_all()
         comments = {r["comment_id"]: self._comment_json(r, members) for r in await self._store.thread(owner, item_id)}
-        for message in await self._store.outbox_all():
+        for message in queued:
             if message["node_id"] != owner:
                 continue
             payload = json.loads(message["payload"])
@@ -321,6 +324,9 @@ class CommunityService:
             await self._store.outbox_retry(ids, "the owner answered without results", self._backoff)
             return 0
         ok = [i for i in ids if results.get(i) == "ok"]
+        if ok:
+            # Fetch them back before they leave the outbox, so a reader never sees neither.
+            await self._refresh(owner)
         await self._store.outbox_done(ok)
         for message_id in ids:
             verdict = results.get(message_id)
@@ -330,8 +336,6 @@ class CommunityService:
         missing = [i for i in ids if i not in results]
         if missing:
             await self._store.outbox_retry(missing, "the owner did not answer for this message", self._backoff)
-        if ok:
-            await self._refresh(owner)
         return len(ok)
 
 

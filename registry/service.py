@@ -19,6 +19,7 @@ from typing import Any
 
 from priv_network.errors import InvalidInput, PrivNetworkError
 from priv_network.interfaces import CatalogSource, Peer, PeerDirectory, SearchFilters, SearchHit
+from priv_network.observability import Metrics
 from priv_network.peerclient import PeerClient
 from priv_network.wire import FeedPage, ItemInfo
 from registry.search import Hit
@@ -61,7 +62,9 @@ class Registry:
         max_concurrent: int = 8,
         backoff_min: float = 5.0,
         backoff_max: float = 3600.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._own = own
         self._directory = directory
@@ -152,6 +155,7 @@ class Registry:
                 # Members learned during this round are polled in the same round.
             for hook in self._after_round:
                 await hook()
+            self._metrics.inc("priv_network_sync_rounds_total")
             return results
 
     async def _is_due(self, peer: Peer) -> bool:
@@ -168,6 +172,7 @@ class Registry:
             failures = int(state["failures"]) if state else 0
             delay = self._backoff(failures)
             await self._store.record_failure(peer.node_id, exc.message, time.time() + delay)
+            self._metrics.inc("priv_network_sync_failures_total", peer=peer.node_id)
             log.warning("sync with %s (%s) failed: %s; retry in %.0fs", peer.name, peer.node_id, exc.message, delay)
             return f"error: {exc.message}"
 

@@ -290,6 +290,9 @@ class Pinner:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def pin(self, item_id: str) -> dict[str, Any]:
+        own = await self._store.entry_by_item(item_id)
+        if own is not None and own.row["node_id"] == self._broker.node_id:
+            raise InvalidInput(f"item {item_id} is this node's own: only a peer's item can be pinned")
         remote = await self._broker.remote_item(item_id)
         manifest = await self._broker.manifest(remote)
         done = await self._pins.begin(remote.item, manifest)
