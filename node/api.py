@@ -21,6 +21,7 @@ from node.plex import PlexImport
 from node.service import ContentManager, check_visibility
 from node.shares import Shares
 from node.traffic import Traffic
+from node.users import Users
 from priv_network import __version__
 from priv_network.config import Config, parse_duration
 from priv_network.errors import ConfigError, InvalidInput, NotFound, PrivNetworkError, Unauthorized
@@ -634,3 +635,26 @@ class BackupApi:
             self.executor, lambda: backup.backup(self.config, self.node_id, Path(path), with_store=with_store)
         )
         return web.json_response(result, status=201)
+
+
+class UsersApi:
+    """Web app users (the CLI's `user add`)."""
+
+    def __init__(self, users: Users) -> None:
+        self.users = users
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [web.post("/api/v1/users", self.create), web.get("/api/v1/users", self.list_users)]
+
+    async def create(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        body = await json_body(request)
+        name, password, admin = body.get("name"), body.get("password"), body.get("admin", False)
+        if not isinstance(name, str) or not isinstance(password, str) or not isinstance(admin, bool):
+            raise InvalidInput("name and password are text; admin is true or false")
+        principal = await self.users.create(name, password, admin=admin)
+        return web.json_response({"name": principal.name, "admin": principal.admin}, status=201)
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        return web.json_response({"users": await self.users.list()})

@@ -22,6 +22,7 @@ from node.models import (
     invites,
     item_views,
     items,
+    login_history,
     members,
     node_meta,
     pins,
@@ -30,6 +31,7 @@ from node.models import (
     source_files,
     traffic,
     uploads,
+    users,
     view_receipts,
 )
 
@@ -619,3 +621,45 @@ class CmaStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(source_files.c.path).where(source_files.c.content_hash == content_hash))
             return [r[0] for r in rows]
+
+    # -- users ----------------------------------------------------------------
+    async def count_users(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one())
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(users).where(users.c.name == name))).mappings().first()
+        return dict(row) if row else None
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(users.c.name, users.c.admin, users.c.created_at).order_by(users.c.name))
+            return [dict(r) for r in rows.mappings()]
+
+    async def insert_user(self, values: dict[str, Any], *, only_if_none: bool = False) -> bool:
+        async with self.feed_transaction() as conn:
+            if only_if_none and (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one():
+                return False
+            if (await conn.execute(sa.select(users.c.name).where(users.c.name == values["name"]))).first():
+                return False
+            await conn.execute(sa.insert(users).values(**values))
+            return True
+
+    async def update_user(self, name: str, values: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.update(users).where(users.c.name == name).values(**values))
+
+    async def record_login(self, user: str, address: str, ok: bool, at: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.insert(login_history).values(user=user, address=address[:64], ok=ok, at=at))
+
+    async def login_history_for(self, user: str, limit: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(login_history)
+                .where(login_history.c.user == user)
+                .order_by(login_history.c.at.desc())
+                .limit(limit)
+            )
+            return [dict(r) for r in rows.mappings()]

@@ -404,6 +404,15 @@ async def cmd_scan(client: AdminClient, args: argparse.Namespace, out: IO[str]) 
     return EXIT_FAIL if report["failed"] else EXIT_OK
 
 
+async def cmd_user_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    if not args.password_stdin:
+        raise UsageError("priv-network user add: give the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\n")
+    user = await client.post("/api/v1/users", {"name": args.name, "password": password, "admin": args.admin})
+    out.write(f"user {user['name']} created{' (owner)' if user['admin'] else ''}\n")
+    return EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -559,6 +568,14 @@ def build_parser() -> Parser:
     pr = psub.add_parser("remove", help="remove a member for the whole group")
     pr.add_argument("id", metavar="ID")
     p.set_defaults(remote=cmd_peers)
+
+    p = sub.add_parser("user", help="web app users")
+    usub = p.add_subparsers(dest="user_command", metavar="ACTION", parser_class=Parser, required=True)
+    up = usub.add_parser("add", help="create a user who logs in to the web app")
+    up.add_argument("name", metavar="NAME")
+    up.add_argument("--admin", action="store_true", help="an owner: may change visibility, peers and invites")
+    up.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    up.set_defaults(remote=cmd_user_add)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", parser_class=Parser, required=True)

@@ -8,6 +8,8 @@ answered with a generic 500 that reveals nothing.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
 import json
 import logging
@@ -117,11 +119,32 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             principal = await authenticator.authenticate(cookie)
+            if principal is not None and request.method not in SAFE_METHODS:
+                await _check_csrf(request, cookie)
     if principal is not None:
         request[PRINCIPAL] = principal
     elif request.path.startswith("/api/"):
         raise Unauthorized("authentication required: send 'Authorization: Bearer TOKEN' or log in")
     return await handler(request)
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def csrf_token(session: str) -> str:
+    """The CSRF token of a session: derived from the (HttpOnly) cookie, so another site cannot know it."""
+    return hashlib.sha256(f"priv-network csrf|{session}".encode()).hexdigest()[:32]
+
+
+async def _check_csrf(request: web.Request, session: str) -> None:
+    """A state-changing request carried by the session cookie must prove it came from our own pages."""
+    sent = request.headers.get("X-CSRF-Token")
+    if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        value = form.get("csrf")
+        sent = value if isinstance(value, str) else None
+    if sent is None or not hmac.compare_digest(sent, csrf_token(session)):
+        raise Forbidden("missing or wrong CSRF token; reload the page and try again")
 
 
 def principal_of(request: web.Request) -> Principal:

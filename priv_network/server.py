@@ -21,10 +21,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node import backup as node_backup
-from node.api import BackupApi, FederationApi, ImportApi, ItemsApi, NetworkApi, ShareApi
+from node.api import BackupApi, FederationApi, ImportApi, ItemsApi, NetworkApi, ShareApi, UsersApi
 from node.blobs import BlobStore
 from node.community import Community
-from node.downloads import Downloads, DownloadsApi
+from node.downloads import Downloads, DownloadsApi, download_json
 from node.folders import WatchedFolders
 from node.network import Network
 from node.pins import Pins
@@ -34,9 +34,10 @@ from node.shares import Shares
 from node.store import CmaStore
 from node.traffic import Traffic
 from node.uploads import Uploads, UploadsApi
+from node.users import Users
 from priv_network import __version__, db
 from priv_network.config import Config
-from priv_network.errors import PrivNetworkError
+from priv_network.errors import NotFound, PrivNetworkError
 from priv_network.http import (
     auth_middleware,
     error_middleware,
@@ -45,13 +46,13 @@ from priv_network.http import (
     security_headers_middleware,
 )
 from priv_network.identity import NodeIdentity
-from priv_network.interfaces import FederationGate
+from priv_network.interfaces import FederationGate, Principal, SearchFilters
 from priv_network.keys import AUTHENTICATOR, CONFIG, FEDERATION_GATE, METRICS
 from priv_network.observability import Metrics
 from priv_network.peerclient import PeerClient
 from priv_network.signing import Signer, Verifier
-from priv_network.wire import FeedPage
-from registry.api import CommunityApi, PinsApi, SearchApi
+from priv_network.wire import FeedPage, check_item_id
+from registry.api import CommunityApi, PinsApi, SearchApi, hit_json
 from registry.community import CommunityService
 from registry.service import Registry
 from registry.store import RegistryStore
@@ -71,6 +72,78 @@ class LocalCatalog:
 
     async def fetch_changes(self, since: int, limit: int) -> FeedPage:
         return await self.cma.changes(since, limit)
+
+
+class WebBackendAdapter:
+    """The web app's view of the node (``WebBackend``), over the CMA and the manager."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def has_users(self) -> bool:
+        return await self.node.users.has_users()
+
+    async def create_owner(self, name: str, password: str) -> Principal:
+        return await self.node.users.create(name, password, admin=True, first_run=True)
+
+    async def login(self, name: str, password: str, address: str) -> Principal:
+        return await self.node.users.login(name, password, address)
+
+    async def token_login(self, token: str) -> Principal | None:
+        return await self.node.cma.authenticate(token)
+
+    async def create_session(self, principal: Principal) -> str:
+        return await self.node.cma.create_session(principal)
+
+    async def end_session(self, token: str) -> None:
+        await self.node.cma.end_session(token)
+
+    async def prefs(self, user: str) -> dict[str, Any]:
+        return await self.node.users.prefs(user)
+
+    async def set_prefs(self, user: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self.node.users.set_prefs(user, changes)
+
+    async def login_history(self, user: str) -> list[dict[str, Any]]:
+        return await self.node.users.history(user)
+
+    async def search(self, query: str, limit: int, filters: SearchFilters) -> list[dict[str, Any]]:
+        registry = self.node.registry
+        hits = await (registry.search(query, limit, filters) if query else registry.recent(limit, filters))
+        return [hit_json(h) for h in hits]
+
+    async def item(self, item_id: str) -> dict[str, Any]:
+        check_item_id(item_id)
+        hits = await self.node.registry.search_ids([item_id])
+        if not hits:
+            raise NotFound(f"no item {item_id}")
+        return hit_json(hits[0])
+
+    async def comments(self, item_id: str, user: str) -> list[dict[str, Any]]:
+        return await self.node.community_service.thread(item_id, user)
+
+    async def post_comment(self, user: str, item_id: str, body: str, parent: str | None) -> dict[str, Any]:
+        return await self.node.community_service.post(user, item_id, body, parent)
+
+    async def history(self, user: str) -> list[dict[str, Any]]:
+        return await self.node.community_service.history(user)
+
+    async def peers(self) -> list[dict[str, Any]]:
+        return await self.node.registry.peers()
+
+    async def downloads(self) -> list[dict[str, Any]]:
+        return [download_json(r) for r in await self.node.downloads.list()]
+
+    async def pins(self) -> list[dict[str, Any]]:
+        return await self.node.pinner.list()
+
+    async def status(self) -> dict[str, Any]:
+        status = dict((await self.node.cma.status()).__dict__)
+        status["traffic"] = await self.node.traffic.totals()
+        status["traffic_history"] = await self.node.traffic.history(48)
+        status["outbox"] = len(await self.node.registry_store.outbox_all())
+        status["min_free"] = self.node.config.store.min_free
+        return status
 
 
 class Node:
@@ -144,6 +217,7 @@ class Node:
         self.folders = WatchedFolders(
             cma=self.cma, folders=list(config.folders.paths), visibility=config.folders.visibility
         )
+        self.users = Users(store=self.cma_store, cma=self.cma)
         self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
         self.registry.after_round(self.pinner.reconcile)
@@ -435,7 +509,8 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         CommunityApi(node.community_service).routes(),
         NetworkApi(node.network).routes(),
         SearchApi(node.registry).routes(),
-        Pages(node.registry, node.cma, config.node.name).routes(),
+        Pages(WebBackendAdapter(node), config.node.name, node.identity.node_id).routes(),
+        UsersApi(node.users).routes(),
     ):
         app.add_routes(routes)
     app.router.add_get("/healthz", _healthz)

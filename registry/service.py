@@ -273,6 +273,14 @@ class Registry:
             raise InvalidInput("query is longer than 500 characters")
         return await self._with_holders([self._hit(h) for h in await self._store.search(query, limit, filters)])
 
+    async def search_ids(self, item_ids: list[str]) -> list[SearchHit]:
+        hits = []
+        for item_id in item_ids:
+            hit = await self._store.entry_by_item(item_id)
+            if hit is not None:
+                hits.append(self._hit(hit))
+        return await self._with_holders(hits)
+
     async def recent(self, limit: int = 50, filters: SearchFilters | None = None) -> list[SearchHit]:
         hits = [self._hit(h) for h in await self._store.recent(max(1, min(limit, MAX_SEARCH_LIMIT)), filters)]
         return await self._with_holders(hits)
