@@ -85,7 +85,7 @@ def _hits(rows: Any) -> list[Hit]:
 
 
 class SearchBackend(Protocol):
-    async def index(self, conn: AsyncConnection, rowid: int, search_text: str) -> None: ...
+    async def index_many(self, conn: AsyncConnection, rows: list[tuple[int, str]]) -> None: ...
 
     async def unindex(self, conn: AsyncConnection, rowids: list[int]) -> None: ...
 
@@ -97,10 +97,13 @@ class SearchBackend(Protocol):
 class SqliteSearch:
     """FTS5 with prefix indexes on 2 and 3 characters."""
 
-    async def index(self, conn: AsyncConnection, rowid: int, search_text: str) -> None:
-        await conn.execute(sa.text("DELETE FROM registry_fts WHERE rowid = :r"), {"r": rowid})
+    async def index_many(self, conn: AsyncConnection, rows: list[tuple[int, str]]) -> None:
+        if not rows:
+            return
+        await self.unindex(conn, [r[0] for r in rows])
         await conn.execute(
-            sa.text("INSERT INTO registry_fts(rowid, search_text) VALUES (:r, :t)"), {"r": rowid, "t": search_text}
+            sa.text("INSERT INTO registry_fts(rowid, search_text) VALUES (:r, :t)"),
+            [{"r": rowid, "t": text} for rowid, text in rows],
         )
 
     async def unindex(self, conn: AsyncConnection, rowids: list[int]) -> None:
@@ -146,8 +149,8 @@ class SqliteSearch:
 class PostgresSearch:
     """tsvector ('simple' config on normalized text) with prefix queries, trigram fallback."""
 
-    async def index(self, conn: AsyncConnection, rowid: int, search_text: str) -> None:
-        return None  # expression indexes on registry_items.search_text follow the row
+    async def index_many(self, conn: AsyncConnection, rows: list[tuple[int, str]]) -> None:
+        return None  # expression indexes on registry_items.search_text follow the rows
 
     async def unindex(self, conn: AsyncConnection, rowids: list[int]) -> None:
         return None

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from priv_network.interfaces import Peer, SearchFilters
 from priv_network.wire import FeedPage, ItemInfo
@@ -59,6 +59,8 @@ class RegistryStore:
                 await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
                 await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id))
                 await conn.execute(sa.delete(view_totals).where(view_totals.c.node_id == node_id))
+            upserts: list[dict[str, Any]] = []
+            deletes: list[str] = []
             for entry in page.entries:
                 if entry.entity == "roster":
                     continue
@@ -107,66 +109,39 @@ class RegistryStore:
                     changed += 1
                     continue
                 if entry.item is None:
-                    ids = [
-                        r[0]
-                        for r in await conn.execute(
-                            sa.select(entries.c.id).where(entries.c.node_id == node_id, entries.c.item_id == entry.id)
-                        )
-                    ]
-                    if ids:
-                        await backend.unindex(conn, ids)
-                        await conn.execute(sa.delete(entries).where(entries.c.id.in_(ids)))
-                        changed += 1
-                    # Its comments and views leave with it.
-                    await conn.execute(
-                        sa.delete(comments).where(comments.c.node_id == node_id, comments.c.item_id == entry.id)
-                    )
-                    await conn.execute(
-                        sa.delete(view_totals).where(
-                            view_totals.c.node_id == node_id, view_totals.c.item_id == entry.id
-                        )
-                    )
+                    deletes.append(entry.id)
                     continue
                 item = entry.item
-                text = search_text(item)
-                values: dict[str, Any] = {
-                    "node_id": node_id,
-                    "item_id": item.id,
-                    "title": item.title,
-                    "kind": item.kind,
-                    "mime": item.mime,
-                    "size": item.size,
-                    "duration": item.duration,
-                    "width": item.width,
-                    "height": item.height,
-                    "content_hash": item.content_hash,
-                    "block_size": item.block_size,
-                    "manifest_hash": item.manifest_hash,
-                    "has_poster": item.has_poster,
-                    "visibility": item.visibility,
-                    "created_at": item.created_at,
-                    "updated_at": item.updated_at,
-                    "search_text": text,
-                    "description": item.description,
-                    "year": item.year,
-                    "genres": ",".join(item.genres) or None,
-                    "show": item.show,
-                    "season": item.season,
-                    "episode": item.episode,
-                    "source": item.source[:16],
-                }
-                upsert = (
-                    self._insert(entries)
-                    .values(**values)
-                    .on_conflict_do_update(
-                        index_elements=[entries.c.node_id, entries.c.item_id],
-                        set_={k: v for k, v in values.items() if k not in ("node_id", "item_id")},
-                    )
-                    .returning(entries.c.id)
+                upserts.append(
+                    {
+                        "node_id": node_id,
+                        "item_id": item.id,
+                        "title": item.title,
+                        "kind": item.kind,
+                        "mime": item.mime,
+                        "size": item.size,
+                        "duration": item.duration,
+                        "width": item.width,
+                        "height": item.height,
+                        "content_hash": item.content_hash,
+                        "block_size": item.block_size,
+                        "manifest_hash": item.manifest_hash,
+                        "has_poster": item.has_poster,
+                        "visibility": item.visibility,
+                        "created_at": item.created_at,
+                        "updated_at": item.updated_at,
+                        "search_text": search_text(item),
+                        "description": item.description,
+                        "year": item.year,
+                        "genres": ",".join(item.genres) or None,
+                        "show": item.show,
+                        "season": item.season,
+                        "episode": item.episode,
+                        "source": item.source[:16],
+                    }
                 )
-                rowid = (await conn.execute(upsert)).scalar_one()
-                await backend.index(conn, rowid, text)
-                changed += 1
+            changed += await self._delete_items(conn, node_id, deletes)
+            changed += await self._upsert_items(conn, node_id, upserts)
             await conn.execute(
                 sa.update(sources)
                 .where(sources.c.node_id == node_id)
@@ -181,6 +156,51 @@ class RegistryStore:
                 )
             )
         return changed
+
+    async def _delete_items(self, conn: AsyncConnection, node_id: str, item_ids: list[str]) -> int:
+        """Remove items (and their comments and views) in bulk."""
+        removed = 0
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    sa.select(entries.c.id).where(entries.c.node_id == node_id, entries.c.item_id.in_(chunk))
+                )
+            ]
+            if ids:
+                await self.search_backend.unindex(conn, ids)
+                await conn.execute(sa.delete(entries).where(entries.c.id.in_(ids)))
+                removed += len(ids)
+            await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id, comments.c.item_id.in_(chunk)))
+            await conn.execute(
+                sa.delete(view_totals).where(view_totals.c.node_id == node_id, view_totals.c.item_id.in_(chunk))
+            )
+        return removed
+
+    async def _upsert_items(self, conn: AsyncConnection, node_id: str, rows: list[dict[str, Any]]) -> int:
+        """Insert or update items in bulk (one statement per page), then index their text."""
+        if not rows:
+            return 0
+        stmt = self._insert(entries)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[entries.c.node_id, entries.c.item_id],
+            set_={k: getattr(stmt.excluded, k) for k in rows[0] if k not in ("node_id", "item_id")},
+        )
+        await conn.execute(stmt, rows)
+        texts = {r["item_id"]: r["search_text"] for r in rows}
+        indexed: list[tuple[int, str]] = []
+        item_ids = list(texts)
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            found = await conn.execute(
+                sa.select(entries.c.id, entries.c.item_id).where(
+                    entries.c.node_id == node_id, entries.c.item_id.in_(chunk)
+                )
+            )
+            indexed.extend((rowid, texts[item_id]) for rowid, item_id in found)
+        await self.search_backend.index_many(conn, indexed)
+        return len(rows)
 
     async def record_failure(self, node_id: str, error: str, next_retry_at: float | None) -> None:
         async with self.engine.begin() as conn:
