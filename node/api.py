@@ -373,6 +373,7 @@ class FederationApi:
                 "software": "priv_network",
                 "version": __version__,
                 "protocol": 1,
+                "key_chain": await self.network.key_chain() if self.identity.rotated else [],
             }
         )
 
@@ -517,8 +518,14 @@ class FederationApi:
 class NetworkApi:
     """Admin endpoints for the group: invites, joining, members."""
 
-    def __init__(self, network: Network) -> None:
+    def __init__(self, network: Network, key_path: Path) -> None:
         self.network = network
+        self.key_path = key_path
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        event = await self.network.rotate_key(self.key_path)
+        return web.json_response({"node_id": event.subject, "public_key": event.public_key, "event": event.id})
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
@@ -526,6 +533,7 @@ class NetworkApi:
             web.post("/api/v1/network/join", self.join),
             web.get("/api/v1/network/members", self.members),
             web.delete("/api/v1/network/members/{id}", self.remove_member),
+            web.post("/api/v1/keys/rotate", self.rotate_key),
         ]
 
     async def create_invite(self, request: web.Request) -> web.Response:

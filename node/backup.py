@@ -29,7 +29,7 @@ from priv_network.identity import NodeIdentity
 
 FORMAT = 1
 IDENTITY_FILES = (CONFIG_FILE, "node.key")
-OPTIONAL_FILES = ("admin.token",)
+OPTIONAL_FILES = ("admin.token", "node.id")
 STORE_FOLDERS = ("blobs", "posters")
 
 

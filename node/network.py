@@ -15,14 +15,20 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.store import CmaStore
 from priv_network.errors import Conflict, Forbidden, InvalidInput, NotFound, PrivNetworkError
 from priv_network.identity import (
+    NODE_ID_FILE,
     NodeIdentity,
     PublicIdentity,
     b64u,
@@ -112,7 +118,9 @@ class Network:
         for row in reversed(await self._store.roster_events_all()):
             if row["subject"] == self.node_id and row["signer"] == self.node_id:
                 body = json.loads(row["body"])
-                if (body["name"], body["url"], body["public_key"]) == (self.name, self.url, pub):
+                if (body["name"], body["url"]) == (self.name, self.url) and (
+                    body["public_key"] == pub or self.identity.rotated
+                ):
                     return
                 break
         event = self._sign(
@@ -176,7 +184,17 @@ class Network:
             subject_key = b64u_decode(event.public_key)
         except ValueError:
             return False
-        if event.type == "add" and (len(subject_key) != 32 or node_id_from_public_key(subject_key) != event.subject):
+        if len(subject_key) != 32:
+            return False
+        if event.type == "rotate":
+            # A node moves to a new key; only its current (old) key may say so.
+            if event.signer != event.subject:
+                return False
+            if event.subject == self.node_id:
+                return True  # we made it ourselves (and no longer hold the old key)
+            old = self._keys.get(event.subject)
+            return None if old is None else PublicIdentity.from_public_bytes(old).verify(sig, event.signing_bytes())
+        if event.type == "add" and not self._key_belongs(event.subject, subject_key):
             return False
         if event.signer == self.node_id:
             key: bytes | None = self.identity.public.public_key
@@ -192,6 +210,14 @@ class Network:
         if key is None:
             return None
         return PublicIdentity.from_public_bytes(key).verify(sig, event.signing_bytes())
+
+    def _key_belongs(self, node_id: str, key: bytes) -> bool:
+        """Is ``key`` the node's: its fingerprint, or the key it rotated to (as we know it)?"""
+        if node_id_from_public_key(key) == node_id:
+            return True
+        if node_id == self.node_id:
+            return key == self.identity.public.public_key
+        return self._keys.get(node_id) == key
 
     async def apply_roster_events(self, events: Sequence[RosterEvent], source: str, *, vouched: bool = True) -> int:
         """Verify and store events (from a join answer or a peer's feed); returns members added."""
@@ -210,7 +236,18 @@ class Network:
                     continue
                 was_member = self.is_member(event.subject)
                 member = None
-                if event.subject != self.node_id:
+                if event.type == "rotate" and event.subject != self.node_id:
+                    known = next((r for r in await self._store.list_members() if r["node_id"] == event.subject), None)
+                    member = {
+                        "node_id": event.subject,
+                        "name": event.name,
+                        "url": event.url,
+                        "public_key": event.public_key,
+                        "active": bool(known["active"]) if known else True,
+                        "event_id": event.id,
+                        "event_at": event.at,
+                    }
+                elif event.subject != self.node_id:
                     member = {
                         "node_id": event.subject,
                         "name": event.name,
@@ -308,7 +345,7 @@ class Network:
             key = b64u_decode(doc["public_key"])
         except ValueError:
             raise InvalidInput(f"{invite['u']} sent a malformed public key") from None
-        if len(key) != 32 or node_id_from_public_key(key) != inviter_id:
+        if len(key) != 32 or not verify_key_chain(inviter_id, key, doc.get("key_chain")):
             raise Forbidden(f"the node at {invite['u']} is not the one that made this invite (node ID mismatch)")
         body = {
             "invite": invite["i"],
@@ -347,6 +384,45 @@ class Network:
                 log.info("could not announce this node to %s: %s (it will learn via sync)", peer.name, exc.message)
 
         await asyncio.gather(*(tell(p) for p in self._peers.values() if p.node_id != inviter_id))
+
+    async def key_chain(self) -> list[dict[str, Any]]:
+        """How this node's current key follows from its node ID: its first self-introduction, then rotations."""
+        chain: list[dict[str, Any]] = []
+        for event in await self.roster():
+            if event.subject != self.node_id or event.signer != self.node_id:
+                continue
+            if event.type == "rotate" or (event.type == "add" and not chain):
+                chain.append(event.to_json())
+        return chain
+
+    async def rotate_key(self, key_path: Path) -> RosterEvent:
+        """Replace the signing key; announce it with a rotate event signed by the old key."""
+        new_key = Ed25519PrivateKey.generate()
+        new_public = new_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        event = self._sign(
+            RosterEvent(
+                id=secrets.token_hex(16),
+                type="rotate",
+                subject=self.node_id,
+                name=self.name,
+                url=self.url,
+                public_key=b64u(new_public),
+                signer=self.node_id,
+                at=time.time(),
+            )
+        )
+        old_pem = self.identity.pem()
+        await asyncio.get_running_loop().run_in_executor(None, _write_key, key_path, new_key, self.node_id)
+        self.identity.rotate(new_key)
+        try:
+            await self._store.add_roster_event(_event_row(event), None)
+        except Exception:
+            await asyncio.get_running_loop().run_in_executor(None, _restore_key, key_path, old_pem)
+            raise
+        log.info("signing key rotated; peers learn the new key from the rotate event")
+        await self._announce("", [event])
+        await self._notify()
+        return event
 
     async def remove_member(self, node_id: str) -> RosterEvent:
         node_id = normalize_node_id(node_id)
@@ -387,3 +463,47 @@ def _event_row(event: RosterEvent) -> dict[str, Any]:
 
 def _row_event(row: dict[str, Any]) -> RosterEvent:
     return RosterEvent(**json.loads(row["body"]), sig=row["sig"])
+
+
+def _write_key(key_path: Path, key: Ed25519PrivateKey, node_id: str) -> None:
+    """Replace the key file atomically and keep the node ID beside it (it no longer follows from the key)."""
+    id_file = key_path.parent / NODE_ID_FILE
+    if not id_file.exists():
+        _atomic_private_write(id_file, (node_id + "\n").encode())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _atomic_private_write(key_path, pem)
+
+
+def _restore_key(key_path: Path, pem: bytes) -> None:
+    _atomic_private_write(key_path, pem)
+
+
+def _atomic_private_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def verify_key_chain(node_id: str, public_key: bytes, chain: Any) -> bool:
+    """Check that ``public_key`` is ``node_id``'s current key: first key hashes to the ID, each rotation signed."""
+    if not isinstance(chain, list) or not chain:
+        return node_id_from_public_key(public_key) == node_id
+    try:
+        events = [RosterEvent.from_json(e) for e in chain[:100]]
+    except InvalidInput:
+        return False
+    first = events[0]
+    current = b64u_decode(first.public_key)
+    if first.type != "add" or first.subject != node_id or node_id_from_public_key(current) != node_id:
+        return False
+    for event in events[1:]:
+        if event.type != "rotate" or event.subject != node_id:
+            return False
+        if not PublicIdentity.from_public_bytes(current).verify(b64u_decode(event.sig), event.signing_bytes()):
+            return False
+        current = b64u_decode(event.public_key)
+    return current == public_key

@@ -413,6 +413,12 @@ async def cmd_user_add(client: AdminClient, args: argparse.Namespace, out: IO[st
     return EXIT_OK
 
 
+async def cmd_keys_rotate(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    result = await client.post("/api/v1/keys/rotate")
+    out.write(f"rotated the signing key of {result['node_id']}; the group learns it from a signed roster event\n")
+    return EXIT_OK
+
+
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
     result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
     out.write(result["token"] + "\n")
@@ -568,6 +574,11 @@ def build_parser() -> Parser:
     pr = psub.add_parser("remove", help="remove a member for the whole group")
     pr.add_argument("id", metavar="ID")
     p.set_defaults(remote=cmd_peers)
+
+    p = sub.add_parser("keys", help="the node's signing key")
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=Parser, required=True)
+    kp = ksub.add_parser("rotate", help="replace the signing key, announced to the group (same node ID)")
+    kp.set_defaults(remote=cmd_keys_rotate)
 
     p = sub.add_parser("user", help="web app users")
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", parser_class=Parser, required=True)

@@ -104,13 +104,37 @@ class PublicIdentity:
         return True
 
 
-class NodeIdentity:
-    """The node's private key; signs for it. Never leaves this object."""
+NODE_ID_FILE = "node.id"
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+
+class NodeIdentity:
+    """The node's private key; signs for it. Never leaves this object.
+
+    The node ID is the fingerprint of the node's first key. After a key
+    rotation it stays the same (kept in ``node.id`` beside the key), and the
+    current key no longer hashes to it: peers learn the new key from a
+    rotate event signed by the old one.
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey, node_id: str | None = None) -> None:
         self._key = private_key
         raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.public = PublicIdentity(node_id_from_public_key(raw), raw)
+        self.public = PublicIdentity(node_id or node_id_from_public_key(raw), raw)
+
+    @property
+    def rotated(self) -> bool:
+        return self.public.node_id != node_id_from_public_key(self.public.public_key)
+
+    def rotate(self, new_key: Ed25519PrivateKey) -> None:
+        """Sign with ``new_key`` from now on, under the same node ID."""
+        raw = new_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self._key = new_key
+        self.public = PublicIdentity(self.public.node_id, raw)
+
+    def pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     @property
     def node_id(self) -> str:
@@ -157,4 +181,11 @@ class NodeIdentity:
             raise ConfigError(f"the node key {path} is encrypted; the node needs it unencrypted") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"the node key {path} is not an Ed25519 key")
-        return cls(key)
+        id_file = path.parent / NODE_ID_FILE
+        node_id = None
+        if id_file.exists():
+            try:
+                node_id = normalize_node_id(id_file.read_text(encoding="utf-8").strip())
+            except (OSError, InvalidInput):
+                raise ConfigError(f"{id_file} does not hold a node ID") from None
+        return cls(key, node_id)

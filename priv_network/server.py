@@ -507,7 +507,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             community=node.community,
         ).routes(),
         CommunityApi(node.community_service).routes(),
-        NetworkApi(node.network).routes(),
+        NetworkApi(node.network, config.key_path).routes(),
         SearchApi(node.registry).routes(),
         Pages(WebBackendAdapter(node), config.node.name, node.identity.node_id).routes(),
         UsersApi(node.users).routes(),

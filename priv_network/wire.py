@@ -117,7 +117,7 @@ class ItemInfo:
         return info
 
 
-ROSTER_TYPES = ("add", "remove")
+ROSTER_TYPES = ("add", "remove", "rotate")
 NODE_ID_RE = re.compile(r"^[A-Z2-7]{8}(-[A-Z2-7]{8}){3}$")
 EVENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
