@@ -25,7 +25,7 @@ from node.users import Users
 from priv_network import __version__
 from priv_network.config import Config, parse_duration
 from priv_network.errors import ConfigError, InvalidInput, NotFound, PrivNetworkError, Unauthorized
-from priv_network.http import int_param, json_body, peer_of, principal_of, require_admin
+from priv_network.http import content_headers, int_param, json_body, peer_of, principal_of, require_admin
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
 from priv_network.wire import ItemInfo, RosterEvent, check_item_id
@@ -106,7 +106,7 @@ class _RangeSafeFileResponse(web.FileResponse):
 
 
 def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileResponse:
-    headers = {hdrs.CONTENT_TYPE: f.mime}
+    headers = content_headers(f.mime)
     if immutable:
         headers[hdrs.CACHE_CONTROL] = "private, max-age=31536000, immutable"
     return _RangeSafeFileResponse(f.path, chunk_size=256 * 1024, headers=headers)

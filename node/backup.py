@@ -28,6 +28,7 @@ from priv_network.errors import Conflict, InvalidInput, PrivNetworkError
 from priv_network.identity import NodeIdentity
 
 FORMAT = 1
+NEW_FEED_MARKER = "restored-new-feed"
 IDENTITY_FILES = (CONFIG_FILE, "node.key")
 OPTIONAL_FILES = ("admin.token", "node.id")
 STORE_FOLDERS = ("blobs", "posters")
@@ -152,10 +153,10 @@ def restore(archive: Path, target: Path) -> dict[str, Any]:
             if not path.is_file() or _sha256(path) != digest:
                 raise InvalidInput(f"{name} in the archive does not match its checksum; nothing was restored")
         (staging / "manifest.json").unlink()
-        os.chmod(staging / "node.key", 0o600)
-        for name in OPTIONAL_FILES:
-            if (staging / name).exists():
-                os.chmod(staging / name, 0o600)
+        for path in staging.rglob("*"):
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+        # Peers' cursors may be ahead of this (older) database: a new feed ID makes them re-read it.
+        (staging / NEW_FEED_MARKER).write_text("restored\n")
         identity = NodeIdentity.load(staging / "node.key")
         if identity.node_id != manifest.get("node_id"):
             raise InvalidInput("the archive's key does not match its node ID; refused")

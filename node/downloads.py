@@ -465,6 +465,7 @@ class DownloadsApi:
             snapshot = [download_json(r) for r in (await self.downloads.list())[:limit]]
             await response.write(f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n".encode())
             closing = asyncio.ensure_future(self.downloads.closing.wait())
+            getter: asyncio.Future[dict[str, Any]] | None = None
             try:
                 while not self.downloads.closing.is_set():
                     getter = asyncio.ensure_future(queue.get())
@@ -479,4 +480,6 @@ class DownloadsApi:
                     await response.write(f"event: download\ndata: {json.dumps(payload)}\n\n".encode())
             finally:
                 closing.cancel()
+                if getter is not None:
+                    getter.cancel()  # the reader left mid-wait: no pending task is left behind
         return response

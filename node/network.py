@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 INVITE_PREFIX = "pninv1_"
 MAX_INVITE_USES = 1000
 MAX_INVITE_TTL = 365 * 86400
+MAX_CLOCK_AHEAD = 300.0
 
 
 def join_proof(secret: str, invite_id: str, joiner: str, inviter: str) -> str:
@@ -186,6 +187,8 @@ class Network:
             return False
         if len(subject_key) != 32:
             return False
+        if event.at > time.time() + MAX_CLOCK_AHEAD:
+            return None  # dated in the future: not yet (else it could outrank every later event)
         if event.type == "rotate":
             # A node moves to a new key; only its current (old) key may say so.
             if event.signer != event.subject:

@@ -160,8 +160,12 @@ class ContentManager:
         if await self._store.get_meta("feed_id") is None:
             await self._store.set_meta("feed_id", secrets.token_hex(16))
 
-    async def start(self) -> None:
+    async def start(self, *, new_feed: bool = False) -> None:
         await self._run(self._blobs.prepare)
+        if new_feed:
+            # A restored (possibly older) database: readers must start over rather than skip changes.
+            await self._store.set_meta("feed_id", secrets.token_hex(16))
+            log.info("new feed ID after a restore; peers will re-read this node's feed")
         self._feed_id = await self._store.get_meta("feed_id")
         if self._feed_id is None:
             await self.bootstrap()

@@ -131,13 +131,15 @@ class Uploads:
             await asyncio.wait({future})
             raise
 
-    async def create(self, owner: str, length: int, metadata: dict[str, str]) -> dict[str, Any]:
+    async def create(self, owner: str, length: int, metadata: dict[str, str], *, admin: bool = True) -> dict[str, Any]:
         if length > self.max_size:
             raise PayloadTooLarge(f"the file is {length} bytes; uploads may be at most {self.max_size} bytes")
         free = await self._run(self._blobs.free_bytes)
         if length > free - self._blobs.min_free:
             raise InsufficientStorage(f"not enough free disk for {length} bytes ({free} bytes free)")
-        check_visibility(metadata.get("visibility", "private"))
+        visibility = check_visibility(metadata.get("visibility", "private"))
+        if visibility != "private" and not admin:
+            raise Forbidden("only the node's owners choose who sees an item; upload it as private")
         upload_id = secrets.token_hex(16)
         now = time.time()
         row = {
@@ -334,6 +336,7 @@ class UploadsApi:
 
     async def create(self, request: web.Request) -> web.Response:
         owner = self.principal_name(request)
+        admin = principal_of(request).admin
         self._check_version(request)
         if request.headers.get("Upload-Defer-Length"):
             raise InvalidInput("Upload-Defer-Length is not supported: send Upload-Length")
@@ -341,7 +344,7 @@ class UploadsApi:
         if length is None:
             raise InvalidInput("Upload-Length is required")
         metadata = parse_metadata(request.headers.get("Upload-Metadata"))
-        row = await self.uploads.create(owner, length, metadata)
+        row = await self.uploads.create(owner, length, metadata, admin=admin)
         location = f"/api/v1/uploads/{row['id']}"
         if request.content_type == "application/offset+octet-stream" and (request.content_length or 0) > 0:
             row = await self.uploads.append(row["id"], owner, 0, request.content, self._checksum(request))

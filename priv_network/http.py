@@ -237,3 +237,22 @@ def peer_of(request: web.Request) -> str:
     if peer is None:
         raise Unauthorized("request is not signed")
     return peer
+
+
+# Media types a browser may render inline from our origin. Anything else (HTML,
+# SVG, scripts, unknown) is sent as a download, so a file in the store can
+# never run as a page of the node.
+INLINE_TYPES = ("video/", "audio/", "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "text/plain")
+
+
+def content_headers(mime: str) -> dict[str, str]:
+    """Headers for serving stored content: safe type, no sniffing, sandboxed if opened as a page."""
+    inline = mime.startswith(INLINE_TYPES)
+    headers = {
+        "Content-Type": mime if inline else "application/octet-stream",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'; media-src 'self'; img-src 'self'",
+    }
+    if not inline:
+        headers["Content-Disposition"] = "attachment"
+    return headers

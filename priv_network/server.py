@@ -390,7 +390,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             yield
 
     async def services(app: web.Application) -> AsyncIterator[None]:
-        await node.cma.start()
+        marker = config.data_dir / node_backup.NEW_FEED_MARKER
+        await node.cma.start(new_feed=marker.exists())
+        marker.unlink(missing_ok=True)
         await node.network.start()
         await node.registry.start()
         await node.pinner.reconcile()

@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, RangeNotSatisfiable
-from priv_network.http import error_response
+from priv_network.http import content_headers, error_response
 from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
 from priv_network.peerclient import PeerClient, PeerUnreachable
@@ -174,7 +174,7 @@ class Broker:
             refused.headers[hdrs.CONTENT_RANGE] = f"bytes */{item.size}"
             return refused
         response = web.StreamResponse(status=206 if rng.partial else 200)
-        response.content_type = item.mime
+        response.headers.update(content_headers(item.mime))
         response.content_length = rng.length
         response.headers[hdrs.ACCEPT_RANGES] = "bytes"
         response.headers[hdrs.ETAG] = etag

@@ -7,6 +7,7 @@ CSP forbids them). State-changing forms carry the session's CSRF token.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
+from priv_network.errors import Forbidden, InvalidInput, NotFound, PrivNetworkError
 from priv_network.http import csrf_token
 from priv_network.interfaces import Principal, SearchFilters, WebBackend
 from priv_network.keys import PRINCIPAL, SESSION_COOKIE
@@ -132,17 +133,29 @@ class Pages:
     async def setup_form(self, request: web.Request) -> web.Response:
         if await self.backend.has_users():
             raise web.HTTPSeeOther("/login")
-        return await self.render(request, "setup.html", title="Welcome", error=None)
+        return await self.render(
+            request, "setup.html", title="Welcome", error=None, remote=not _from_this_machine(request)
+        )
 
     async def setup(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
         try:
+            if not _from_this_machine(request) and await self.backend.token_login(str(form.get("token", ""))) is None:
+                # Whoever reaches a fresh node first would own it: from elsewhere, prove you run it.
+                raise Forbidden("from another machine, first-run set-up needs the node's admin token (admin.token)")
             if password != str(form.get("password2", "")):
                 raise InvalidInput("the two passwords differ")
             principal = await self.backend.create_owner(name, password)
         except PrivNetworkError as exc:
-            return await self.render(request, "setup.html", status=exc.status, title="Welcome", error=exc.message)
+            return await self.render(
+                request,
+                "setup.html",
+                status=exc.status,
+                title="Welcome",
+                error=exc.message,
+                remote=not _from_this_machine(request),
+            )
         raise await self._start_session(request, principal)
 
     async def login_form(self, request: web.Request) -> web.Response:
@@ -312,6 +325,13 @@ class Pages:
             saved=error is None,
             error=error,
         )
+
+
+def _from_this_machine(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _traffic_chart(history: list[dict[str, Any]], names: dict[str, str]) -> dict[str, Any]:

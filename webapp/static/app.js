@@ -216,6 +216,10 @@ function downloadRow(d) {
       el("td", { class: "title" }), el("td", { class: "state" }),
       el("td", { class: "progress" }, el("progress", { max: "1", value: "0" }), " ", el("span", { class: "bytes" })),
       el("td", { class: "message" }), el("td", { class: "buttons" }));
+    if (document.getElementById("download-form")) {  // an owner: the same buttons as the server-rendered rows
+      row.querySelector(".buttons").append(el("button", { "data-dl": "retry", text: "Retry" }), " ",
+        el("button", { "data-dl": "cancel", text: "Cancel" }), " ", el("button", { "data-dl": "delete", text: "Delete" }));
+    }
     document.getElementById("download-rows").prepend(row);
   }
   return row;
