@@ -112,6 +112,18 @@ def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileRespons
     return _RangeSafeFileResponse(f.path, chunk_size=256 * 1024, headers=headers)
 
 
+def ttl_seconds(body: dict[str, Any], default: str = "24h") -> float:
+    """The request's "ttl" (a duration such as 30m, 24h, 7d, or seconds) in seconds."""
+    ttl = body.get("ttl", default)
+    try:
+        seconds = parse_duration(ttl) if isinstance(ttl, str | int | float) else None
+    except ConfigError:
+        seconds = None
+    if seconds is None:
+        raise InvalidInput(f"ttl must be a duration such as 30m, 24h or 7d, not {str(ttl)[:40]!r}")
+    return seconds
+
+
 async def send_counted(
     request: web.Request, response: web.FileResponse, traffic: Traffic, subject: str
 ) -> web.FileResponse:
@@ -143,13 +155,7 @@ class ShareApi:
         item_id = body.get("id")
         if not isinstance(item_id, str):
             raise InvalidInput("id must be an item ID")
-        ttl = body.get("ttl", "24h")
-        try:
-            seconds = parse_duration(ttl) if isinstance(ttl, str | int | float) else None
-        except ConfigError:
-            seconds = None
-        if seconds is None:
-            raise InvalidInput(f"ttl must be a duration such as 30m, 24h or 7d, not {str(ttl)[:40]!r}")
+        seconds = ttl_seconds(body)
         downloads = body.get("downloads")
         if downloads is not None and (isinstance(downloads, bool) or not isinstance(downloads, int)):
             raise InvalidInput("downloads must be a whole number")
@@ -539,14 +545,8 @@ class NetworkApi:
     async def create_invite(self, request: web.Request) -> web.Response:
         require_admin(request)
         body = await json_body(request)
-        ttl = body.get("ttl", "24h")
+        seconds = ttl_seconds(body)
         uses = body.get("uses", 1)
-        try:
-            seconds = parse_duration(ttl) if isinstance(ttl, str | int | float) else None
-        except ConfigError:
-            seconds = None
-        if seconds is None:
-            raise InvalidInput(f"ttl must be a duration such as 30m, 24h or 7d, not {str(ttl)[:40]!r}")
         if isinstance(uses, bool) or not isinstance(uses, int):
             raise InvalidInput("uses must be a whole number")
         token = await self.network.create_invite(seconds, uses)
