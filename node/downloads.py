@@ -286,8 +286,9 @@ class Downloads:
         try:
             info = await loop.run_in_executor(self._executor, run)
         except yt_dlp.utils.DownloadCancelled:
-            await self._set(download_id, {"state": "canceled", "message": "canceled", "speed": None, "eta": None})
+            # The partial file goes first, so whoever sees "canceled" finds it gone (as "downloaded" does).
             await loop.run_in_executor(None, lambda: shutil.rmtree(folder, ignore_errors=True))
+            await self._set(download_id, {"state": "canceled", "message": "canceled", "speed": None, "eta": None})
             return
         except (yt_dlp.utils.DownloadError, yt_dlp.utils.ExtractorError, OSError) as exc:
             await self._set(download_id, {"state": "error", "message": _short(exc), "speed": None, "eta": None})
