@@ -6,11 +6,12 @@ they meet here through the protocols in ``priv_network.interfaces``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -407,87 +408,69 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
     async def scheduler(app: web.Application) -> AsyncIterator[None]:
         sched = AsyncIOScheduler()
         jitter = max(1, int(config.sync.interval * config.sync.jitter))
+        running: set[asyncio.Task[Any]] = set()
+        stopping = False
 
-        async def sync_job() -> None:
-            try:
-                changed = await node.registry.sync_all(force=False)
-                log.debug("sync round done: %s", changed)
-            except PrivNetworkError as exc:
-                log.warning("sync round failed: %s", exc.message)
-            except Exception:
-                log.exception("sync round crashed")
+        def job(name: str, work: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+            """A named job that never crashes the scheduler and that shutdown can wait for."""
 
-        sched.add_job(
-            sync_job,
-            "interval",
-            seconds=config.sync.interval,
-            jitter=jitter,
-            id="sync",
-            name="sync every peer's feed",
-            max_instances=1,
-            coalesce=True,
-        )
-
-        async def sweep_job() -> None:
-            try:
-                await node.uploads.sweep()
-            except Exception:
-                log.exception("sweeping expired uploads failed")
-
-        sched.add_job(
-            sweep_job,
-            "interval",
-            seconds=600,
-            id="sweep-uploads",
-            name="sweep expired uploads",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        if config.folders.paths:
-
-            async def scan_job() -> None:
+            async def run() -> None:
+                task = asyncio.current_task()
+                if stopping or task is None:
+                    return
+                running.add(task)
                 try:
-                    await node.folders.scan()
+                    await work()
                 except PrivNetworkError as exc:
-                    log.warning("watched folder scan failed: %s", exc.message)
+                    log.warning("%s failed: %s", name, exc.message)
                 except Exception:
-                    log.exception("watched folder scan crashed")
+                    log.exception("%s crashed", name)
+                finally:
+                    running.discard(task)
 
+            return run
+
+        def every(
+            name: str,
+            seconds: float,
+            work: Callable[[], Awaitable[Any]],
+            *,
+            soon: bool = False,
+            spread: int | None = None,
+        ) -> None:
+            extra: dict[str, Any] = {}
+            if soon:  # (an explicit next_run_time=None would create the job paused)
+                extra["next_run_time"] = datetime.now(UTC) + timedelta(seconds=5)
             sched.add_job(
-                scan_job,
+                job(name, work),
                 "interval",
-                seconds=config.folders.interval,
-                id="scan-folders",
-                name="rescan watched folders",
+                seconds=seconds,
+                jitter=spread,
+                name=name,
                 max_instances=1,
                 coalesce=True,
-                next_run_time=datetime.now(UTC),
+                **extra,
             )
+
+        every("sync round", config.sync.interval, lambda: node.registry.sync_all(force=False), spread=jitter)
+        every("sweep of expired uploads", 600, node.uploads.sweep, soon=True)
+        if config.folders.paths:
+            every("watched folder scan", config.folders.interval, node.folders.scan, soon=True)
         if config.plex.url and config.plex.token and config.plex.interval > 0:
-
-            async def plex_job() -> None:
-                try:
-                    await node.plex.run(
-                        config.plex.url, config.plex.token, config.plex.section or None, config.plex.visibility
-                    )
-                except PrivNetworkError as exc:
-                    log.warning("scheduled Plex import failed: %s", exc.message)
-                except Exception:
-                    log.exception("scheduled Plex import crashed")
-
-            sched.add_job(
-                plex_job,
-                "interval",
-                seconds=config.plex.interval,
-                id="plex-import",
-                name="re-import from Plex",
-                max_instances=1,
-                coalesce=True,
+            every(
+                "scheduled Plex import",
+                config.plex.interval,
+                lambda: node.plex.run(
+                    config.plex.url, config.plex.token, config.plex.section or None, config.plex.visibility
+                ),
             )
         sched.start()
         log.info("scheduler started: sync every %.0fs (+ up to %ds jitter)", config.sync.interval, jitter)
         yield
+        # Let running jobs finish before the database and the HTTP client close under them.
+        stopping = True
+        sched.pause()
+        await asyncio.gather(*running, return_exceptions=True)
         sched.shutdown(wait=False)
 
     app.cleanup_ctx.extend([database, http_client, services, scheduler])
