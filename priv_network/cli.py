@@ -147,8 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def announce(_msg: str) -> None:
             print(
                 f"priv_network node {config.node.name!r} ({identity.node_id}) is running.\n"
-                f"Open {url}/ and log in with the token in {config.admin_token_path}\n"
-                "Stop it with Ctrl-C.",
+                f"Open {url}/ in a browser (the first visit creates the owner account).\n"
+                f"The CLI's admin token is in {config.admin_token_path}. Stop the node with Ctrl-C.",
                 flush=True,
             )
 
