@@ -1,0 +1,217 @@
+"""Share links: an owner hands an outsider a signed, expiring, use-limited download link.
+
+The outsider needs no account: the link alone opens the download. A link
+that is expired, altered, revoked or used up is refused with 403 and a short
+HTML page that says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+
+import node.shares
+from tests.network.conftest import NetNode, Network, eventually, group, write_file
+
+
+async def share(owner: NetNode, item_id: str, **body: Any) -> dict[str, Any]:
+    reply = await owner.call("POST", "/api/v1/shares", json={"id": item_id, **body})
+    assert reply.status == 201, reply
+    return dict(reply.data)
+
+
+async def download(
+    url: str, headers: dict[str, str] | None = None, *, session: aiohttp.ClientSession | None = None
+) -> tuple[int, Any, bytes]:
+    """As an outsider: no token, no cookie (a fresh session unless one is given)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+        async with session.get(url, headers=headers) as resp:
+            return resp.status, resp.headers, await resp.read()
+
+
+def assert_refused(status: int, headers: Any, body: bytes, reason: str) -> None:
+    assert status == 403, (status, body[:300])
+    assert headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert "<h1>403</h1>" in page
+    assert reason in page, page
+    assert len(body) < 2000  # a short page, no traceback or item data
+
+
+async def shares_by_id(owner: NetNode) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in (await owner.api("GET", "/api/v1/shares"))["shares"]}
+
+
+@pytest.fixture
+async def owner(network: Network, tmp_path: Path) -> tuple[NetNode, dict[str, Any], bytes]:
+    a = await network.node("alpha")
+    data = secrets.token_bytes(1024 * 1024 + 333)
+    item = (await a.add(write_file(tmp_path, "Wedding Video.bin", data)))[0]
+    return a, item, data
+
+
+async def test_share_link_downloads_and_resumes(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    a, item, data = owner
+    link = await share(a, item["id"], ttl="2h", downloads=1)
+    assert re.fullmatch(re.escape(a.url) + r"/s/[0-9a-f]{24}\.[A-Za-z0-9_-]+", link["url"]), link["url"]
+    assert (link["item_id"], link["max_downloads"], link["downloads"], link["state"]) == (item["id"], 1, 0, "active")
+    assert time.time() + 7100 < link["expires_at"] <= time.time() + 7200
+
+    # The download starts (counted once), and is cut after a first piece.
+    async with aiohttp.ClientSession() as outsider:
+        async with outsider.get(link["url"]) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Disposition"] == "attachment"
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert int(resp.headers["Content-Length"]) == len(data)
+            got = await resp.content.readexactly(100_000)
+            resp.close()
+        # It resumes with a Range from where it stopped; that does not use the link up.
+        status, headers, rest = await download(link["url"], {"Range": f"bytes={len(got)}-"}, session=outsider)
+        assert status == 206
+        assert headers["Content-Range"] == f"bytes {len(got)}-{len(data) - 1}/{len(data)}"
+        assert got + rest == data
+        # A range in the middle works too.
+        status, _headers, body = await download(link["url"], {"Range": "bytes=500000-500099"}, session=outsider)
+        assert (status, body) == (206, data[500000:500100])
+
+        listed = (await shares_by_id(a))[link["id"]]
+        assert (listed["downloads"], listed["state"], listed["title"]) == (1, "used up", "Wedding Video")
+        assert listed["url"] == link["url"]
+
+        # The one download is used: starting again from the beginning is refused.
+        assert_refused(*await download(link["url"], session=outsider), "used up")
+
+        # Bytes sent through the link are counted under its name, once sent. (The
+        # outsider's session stays open meanwhile: a test server cancels a handler
+        # whose client has gone, and with it the counting after the send.)
+        async def counted() -> bool:
+            traffic = (await a.api("GET", "/api/v1/status"))["traffic"]
+            sent = traffic.get(f"share:{link['id']}", {}).get("sent", 0)
+            return bool(sent >= len(rest) + 100)
+
+        await eventually(counted, what="the link's traffic to be counted")
+
+    # Without a limit, a link can be downloaded again and again.
+    free = await share(a, item["id"], ttl="1h")
+    for _ in range(3):
+        status, _headers, body = await download(free["url"])
+        assert (status, body) == (200, data)
+    assert (await shares_by_id(a))[free["id"]]["downloads"] == 3
+
+
+async def test_limited_link_must_start_from_the_beginning(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    """A range before any download would let a limited link be read without ever counting."""
+    a, item, data = owner
+    link = await share(a, item["id"], downloads=2)
+    for header in ("bytes=10-", "bytes=-100", "bytes=10-20"):
+        assert_refused(*await download(link["url"], {"Range": header}), "start this download from the beginning")
+    assert (await shares_by_id(a))[link["id"]]["downloads"] == 0
+    # A range that starts at byte 0 is a (counted) start.
+    status, _headers, body = await download(link["url"], {"Range": "bytes=0-99"})
+    assert (status, body) == (206, data[:100])
+    assert (await shares_by_id(a))[link["id"]]["downloads"] == 1
+    status, _headers, body = await download(link["url"], {"Range": "bytes=100-"})
+    assert (status, body) == (206, data[100:])
+    assert (await shares_by_id(a))[link["id"]]["downloads"] == 1
+
+
+async def test_expired_link(owner: tuple[NetNode, dict[str, Any], bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, item, data = owner
+    link = await share(a, item["id"], ttl="1m")
+    status, _headers, body = await download(link["url"])
+    assert (status, body) == (200, data)
+
+    # Two minutes later (the link's own clock only).
+    real = time.time
+    monkeypatch.setattr(node.shares, "time", SimpleNamespace(time=lambda: real() + 120))
+    assert_refused(*await download(link["url"]), "expired")
+    assert_refused(*await download(link["url"], {"Range": "bytes=10-"}), "expired")
+    assert (await shares_by_id(a))[link["id"]]["state"] == "expired"
+
+
+async def test_altered_links(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    a, item, _data = owner
+    link = await share(a, item["id"])
+    base, token = link["url"].rsplit("/", 1)
+    share_id, sig = token.split(".")
+
+    flipped = sig[:20] + ("A" if sig[20] != "A" else "B") + sig[21:]
+    assert_refused(*await download(f"{base}/{share_id}.{flipped}"), "altered")
+    assert_refused(*await download(f"{base}/{share_id}.{sig[:-10]}"), "altered")
+    assert_refused(*await download(f"{base}/{share_id}.%%%%"), "altered")
+    assert_refused(*await download(f"{base}/{share_id}"), "altered")
+    # Another share's ID under this signature, or an ID that does not exist.
+    other = await share(a, item["id"])
+    assert_refused(*await download(f"{base}/{other['id']}.{sig}"), "altered")
+    assert_refused(*await download(f"{base}/{'0' * 24}.{sig}"), "not valid")
+    assert_refused(*await download(f"{base}/garbage"), "not valid")
+    # The real link still works.
+    status, _headers, _body = await download(link["url"])
+    assert status == 200
+
+
+async def test_revoked_link(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    a, item, _data = owner
+    link = await share(a, item["id"])
+    kept = await share(a, item["id"])
+    assert (await a.api("DELETE", f"/api/v1/shares/{link['id']}")) == {"revoked": link["id"]}
+    assert_refused(*await download(link["url"]), "revoked")
+    assert_refused(*await download(link["url"], {"Range": "bytes=5-"}), "revoked")
+    assert (await shares_by_id(a))[link["id"]]["state"] == "revoked"
+    # Other links of the same item are not affected.
+    assert (await download(kept["url"]))[0] == 200
+    reply = await a.call("DELETE", f"/api/v1/shares/{'f' * 24}")
+    assert reply.status == 404
+
+
+async def test_deleted_item_ends_its_links(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    a, item, _data = owner
+    link = await share(a, item["id"])
+    await a.api("DELETE", f"/api/v1/items/{item['id']}")
+    assert_refused(*await download(link["url"]), "not valid")
+    assert link["id"] not in await shares_by_id(a)
+
+
+async def test_only_the_owner_shares_and_input_is_checked(network: Network, tmp_path: Path) -> None:
+    a = await network.node("alpha")
+    b = await network.node("beta")
+    await group(a, b)
+    item = (await a.add(write_file(tmp_path, "Film.bin")))[0]
+    await b.sync()
+    assert [h["id"] for h in await b.search("film")] == [item["id"]]
+
+    reply = await b.call("POST", "/api/v1/shares", json={"id": item["id"]})
+    assert reply.status == 404, reply
+    assert "only an item's owner can share it" in reply.message
+    assert (await b.api("GET", "/api/v1/shares")) == {"shares": []}
+
+    for body, words in (
+        ({"id": item["id"], "ttl": "10s"}, "between 1 minute and 365 days"),
+        ({"id": item["id"], "ttl": "400d"}, "between 1 minute and 365 days"),
+        ({"id": item["id"], "ttl": "soon"}, "ttl must be a duration"),
+        ({"id": item["id"], "downloads": 0}, "positive"),
+        ({"id": item["id"], "downloads": "3"}, "whole number"),
+        ({"id": item["id"], "downloads": True}, "whole number"),
+        ({}, "id must be an item ID"),
+    ):
+        reply = await a.call("POST", "/api/v1/shares", json=body)
+        assert (reply.status, reply.data["error"]["code"]) == (400, "invalid_input"), (body, reply)
+        assert words in reply.message, (body, reply.message)
+
+    # Managing links needs the owner's credential.
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{a.url}/api/v1/shares", json={"id": item["id"]}) as resp:
+            assert resp.status == 401
+        async with session.get(f"{a.url}/api/v1/shares") as resp:
+            assert resp.status == 401
