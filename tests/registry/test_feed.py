@@ -117,7 +117,8 @@ async def test_every_change_is_a_new_sequence_number(node: RunningNode, tmp_path
     latest = {e.id: e for e in item_entries(full)}
     assert list(latest) == [second["id"], first["id"]]
     assert latest[first["id"]].op == "delete"
-    assert latest[second["id"]].item is not None and latest[second["id"]].item.title == "Second"
+    second_item = latest[second["id"]].item
+    assert second_item is not None and second_item.title == "Second"
     assert (await cma.status()).feed_seq == full.next == seen[-1]
 
 
