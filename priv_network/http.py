@@ -80,7 +80,7 @@ async def _mapped(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         return error_response(request, exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
-        if exc.status >= 400 and exc.empty_body is False and exc.status not in (405,):
+        if exc.status >= 400 and exc.empty_body is False:
             message = exc.reason if exc.text in (None, f"{exc.status}: {exc.reason}") else (exc.text or exc.reason)
             resp = error_response(request, exc.status, exc.reason.lower().replace(" ", "_"), message)
             for name in ("Allow", "Location"):

@@ -1,0 +1,319 @@
+"""The real ``priv-network`` command, run as a user runs it: separate processes, real signals."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import alembic.command
+import pytest
+import sqlalchemy as sa
+
+from priv_network import db
+from priv_network.identity import NodeIdentity, normalize_node_id
+from tests.conftest import Cli, free_port
+
+NODE_ID_RE = re.compile(r"[A-Z2-7]{8}(-[A-Z2-7]{8}){3}")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+# Never through a proxy: every request here stays on 127.0.0.1.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def no_traceback(result: subprocess.CompletedProcess[str] | tuple[str, str]) -> None:
+    out, err = (result.stdout, result.stderr) if isinstance(result, subprocess.CompletedProcess) else result
+    assert "Traceback" not in err and "Traceback" not in out, err
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The failure contract: the exit code, exactly one line on stderr, no traceback."""
+    no_traceback(result)
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].strip()
+    return lines[0]
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    no_traceback(result)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return result.stdout
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def healthy(port: int) -> bool:
+    try:
+        with _LOCAL.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200 and json.loads(resp.read()) == {"status": "ok"}
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def database_url_of(cli: Cli) -> str:
+    return cli.env.get("PRIV_NETWORK_DATABASE_URL") or f"sqlite+aiosqlite:///{cli.data / 'node.db'}"
+
+
+class Servers:
+    """``serve`` processes of one test; whatever is still running at the end is killed."""
+
+    def __init__(self, cli: Cli) -> None:
+        self.cli = cli
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, port: int, *args: str) -> subprocess.Popen[str]:
+        proc = self.cli.popen("serve", *args)
+        self.procs.append(proc)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"serve exited with {proc.returncode}:\n{out}\n{err}")
+            return healthy(port)
+
+        wait_until(up, START_TIMEOUT, f"the node on port {port} to answer /healthz")
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, str]:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=STOP_TIMEOUT)
+        return out, err
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture
+def servers(cli: Cli) -> Iterator[Servers]:
+    s = Servers(cli)
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def initialized(cli: Cli, port: int) -> str:
+    """A fresh node's data folder; returns its node ID."""
+    return ok(cli.run("init", "--name", "alice", "--listen", f"127.0.0.1:{port}")).strip()
+
+
+# -- init ------------------------------------------------------------------------------
+
+
+def test_init_prints_only_the_node_id_and_creates_private_files(cli: Cli, port: int) -> None:
+    result = cli.run("init", "--name", "alice", "--listen", f"127.0.0.1:{port}")
+    out = ok(result)
+    assert out.endswith("\n") and len(out.splitlines()) == 1
+    node_id = out.strip()
+    assert NODE_ID_RE.fullmatch(node_id), node_id
+    assert normalize_node_id(node_id) == node_id  # check characters are right
+    assert NodeIdentity.load(cli.data / "node.key").node_id == node_id
+
+    config = (cli.data / "config.toml").read_text()
+    assert 'name = "alice"' in config and f'listen = "127.0.0.1:{port}"' in config
+    for private in ("node.key", "admin.token"):
+        assert (cli.data / private).stat().st_mode & 0o777 == 0o600, private
+    assert (cli.data / "admin.token").read_text().strip().startswith("pn_")
+    assert (cli.data / "node.db").exists() == ("PRIV_NETWORK_DATABASE_URL" not in cli.env)
+    assert cli.data.stat().st_mode & 0o077 == 0
+
+    before = snapshot(cli.data)
+    for args in (("--name", "alice"), ("--name", "bob", "--listen", f"127.0.0.1:{free_port()}")):
+        again = cli.run("init", *args)
+        line = one_line_error(again, 1)
+        assert again.stdout == ""
+        assert "already" in line and str(cli.data) in line
+        assert snapshot(cli.data) == before
+
+
+def test_init_with_a_bad_listen_address_leaves_nothing_behind(cli: Cli) -> None:
+    line = one_line_error(cli.run("init", "--name", "alice", "--listen", "no-port-here"), 1)
+    assert "HOST:PORT" in line
+    assert not cli.data.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("frobnicate",),
+        ("init",),
+        ("init", "--name"),
+        ("add",),
+        ("search",),
+        ("remove",),
+        ("status", "--no-such-option"),
+        ("db",),
+        ("db", "sideways"),
+        ("search", "x", "--limit", "many"),
+    ],
+    ids=" ".join,
+)
+def test_bad_usage_exits_2_with_one_line(cli: Cli, args: tuple[str, ...]) -> None:
+    result = cli.run(*args)
+    line = one_line_error(result, 2)
+    assert result.stdout == ""
+    assert "priv-network" in line
+    assert not cli.data.exists()  # not even `init` touched the folder
+
+
+@pytest.mark.parametrize(
+    "args", [("status",), ("serve",), ("db", "current"), ("search", "x"), ("add", ".")], ids=" ".join
+)
+def test_a_folder_without_a_node_exits_1_with_one_line(cli: Cli, args: tuple[str, ...]) -> None:
+    cli.data.mkdir()
+    line = one_line_error(cli.run(*args), 1)
+    assert "init" in line and str(cli.data) in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("status", "--json"), ("search", "spider"), ("add", "."), ("remove", "a" * 26), ("sync",)],
+    ids=" ".join,
+)
+def test_node_commands_need_a_running_node(cli: Cli, initialized: str, args: tuple[str, ...]) -> None:
+    result = cli.run(*args)
+    line = one_line_error(result, 1)
+    assert result.stdout == ""
+    assert re.search(r"not running|no node is running", line), line
+    assert "serve" in line
+
+
+# -- serve, and the commands that talk to it ---------------------------------------
+
+
+def test_a_running_node_serves_the_commands(
+    cli: Cli, initialized: str, port: int, servers: Servers, media_dir: Path
+) -> None:
+    node_id = initialized
+    server = servers.start(port)
+
+    table = ok(cli.run("status"))
+    assert node_id in table and "alice" in table and f"http://127.0.0.1:{port}" in table
+    status = json.loads(ok(cli.run("status", "--json")))
+    assert (status["node_id"], status["name"], status["items"]) == (node_id, "alice", 0)
+    assert status["url"] == f"http://127.0.0.1:{port}"
+
+    added = json.loads(ok(cli.run("add", str(media_dir), "--json")))
+    assert isinstance(added, list) and len(added) == 4
+    for entry in added:
+        assert {"id", "title", "node"} <= set(entry)
+        assert entry["node"] == node_id
+    by_title = {e["title"]: e for e in added}
+    spider = by_title["Spider-Man Homecoming"]
+    assert json.loads(ok(cli.run("status", "--json")))["items"] == 4
+
+    hits = json.loads(ok(cli.run("search", "spider man", "--json")))
+    assert [h["title"] for h in hits] == ["Spider-Man Homecoming"]
+    assert (hits[0]["id"], hits[0]["node"]) == (spider["id"], node_id)
+    text = ok(cli.run("search", "amel"))
+    assert "Amélie - La Valse" in text and by_title["Amélie - La Valse"]["id"] in text
+    assert "Spider-Man" not in text
+
+    assert spider["id"] in ok(cli.run("remove", spider["id"]))
+    assert json.loads(ok(cli.run("search", "spider man", "--json"))) == []
+    assert "no results" in ok(cli.run("search", "spider man"))
+    line = one_line_error(cli.run("remove", spider["id"]), 1)
+    assert spider["id"] in line
+
+    # A second node on the same folder is refused while the first runs.
+    second = cli.run("serve", timeout=STOP_TIMEOUT)
+    assert "locked" in one_line_error(second, 1)
+    assert healthy(port)
+
+    out, err = servers.stop(server, signal.SIGTERM)
+    no_traceback((out, err))
+    assert server.returncode == 0, err
+    assert node_id in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_serve_stops_cleanly_on_a_signal(
+    cli: Cli, initialized: str, port: int, servers: Servers, sig: signal.Signals
+) -> None:
+    server = servers.start(port)
+    out, err = servers.stop(server, sig)
+    no_traceback((out, err))
+    assert server.returncode == 0, err
+    assert "stopped" in err.splitlines()[-1], err
+    assert not healthy(port)
+    # The folder lock is released: another process can take it at once.
+    fd = os.open(cli.data / "node.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    # And the node starts again on the same folder.
+    servers.start(port)
+    assert ok(cli.run("status", "--json"))
+
+
+# -- schema out of date ---------------------------------------------------------------
+
+
+async def downgrade_to_base(url: str) -> None:
+    engine = db.create_engine(url)
+    try:
+
+        def downgrade(conn: sa.Connection) -> None:
+            cfg = db.alembic_config()
+            cfg.attributes["connection"] = conn
+            alembic.command.downgrade(cfg, "base")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        assert await db.current_revision(engine) is None
+    finally:
+        await engine.dispose()
+
+
+async def test_serve_refuses_an_old_schema_until_db_upgrade(
+    cli: Cli, initialized: str, port: int, servers: Servers
+) -> None:
+    await downgrade_to_base(database_url_of(cli))
+
+    refused = cli.run("serve", timeout=START_TIMEOUT)
+    no_traceback(refused)
+    assert refused.returncode == 1, refused.stderr
+    last = refused.stderr.splitlines()[-1]
+    assert "priv-network db upgrade" in last, refused.stderr
+    assert not healthy(port)
+    current = ok(cli.run("db", "current"))
+    assert "revision none" in current
+
+    upgraded = ok(cli.run("db", "upgrade"))
+    head = db.head_revision()
+    assert f"revision {head} (latest: {head})" in upgraded
+    servers.start(port)
