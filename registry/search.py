@@ -7,8 +7,9 @@ split on anything that is not a letter or digit (so "spider man" matches
 
 Ranking is tiered, so that it stays fast on a million rows:
 
-1. items containing every query word as a whole word, ranked by BM25
-   (SQLite FTS5) or ts_rank (PostgreSQL): few rows, cheap to score;
+1. items containing every query word as a whole word: of the newest 1,000
+   such items, the shortest titles first (every one contains every query
+   word, so what relevance scoring adds is mostly "fewer other words");
 2. then items where the last word is only a prefix of a word, newest first.
    Scoring these by relevance would mean scoring every match of a
    two-letter prefix (hundreds of thousands of rows) before the LIMIT; the
@@ -34,6 +35,11 @@ from registry.models import entries, sources
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 MIN_PREFIX = 2
+# Whole-word matches considered for ranking: the newest this many. Ranking
+# every match of a common word (BM25 over hundreds of thousands of rows) is
+# what made short queries slow; within the window, shorter titles rank first,
+# which is what BM25 amounts to when every row contains every query word.
+TIER1_WINDOW = 1000
 MAX_QUERY_WORDS = 12
 
 
@@ -130,9 +136,24 @@ class SqliteSearch:
             )
             .where(*filters_clause(filters))
         )
+        window = (
+            sa.select(fts.c.rowid.label("rowid"))
+            .where(sa.text("registry_fts MATCH :q").bindparams(q=exact))
+            .order_by(fts.c.rowid.desc())
+            .limit(TIER1_WINDOW)
+            .subquery("tier1")
+        )
         tier1 = _hits(
             await conn.execute(
-                base.where(sa.text("registry_fts MATCH :q").bindparams(q=exact)).order_by(fts.c.rank).limit(limit)
+                sa.select(*_HIT_COLUMNS)
+                .select_from(
+                    window.join(entries, entries.c.id == window.c.rowid).outerjoin(
+                        sources, sources.c.node_id == entries.c.node_id
+                    )
+                )
+                .where(*filters_clause(filters))
+                .order_by(sa.func.length(entries.c.search_text), entries.c.id.desc())
+                .limit(limit)
             )
         )
         if len(tier1) >= limit or len(words[-1]) < MIN_PREFIX:
@@ -167,10 +188,17 @@ class PostgresSearch:
             .where(*filters_clause(filters))
         )
         exact_q = sa.func.to_tsquery(sa.literal_column("'simple'"), " & ".join(words))
+        window = (
+            sa.select(entries.c.id.label("wid"))
+            .where(vector.op("@@")(exact_q))
+            .order_by(entries.c.id.desc())
+            .limit(TIER1_WINDOW)
+            .subquery("tier1")
+        )
         tier1 = _hits(
             await conn.execute(
-                base.where(vector.op("@@")(exact_q))
-                .order_by(sa.func.ts_rank(vector, exact_q).desc(), entries.c.id.desc())
+                base.join(window, window.c.wid == entries.c.id)
+                .order_by(sa.func.length(entries.c.search_text), entries.c.id.desc())
                 .limit(limit)
             )
         )
