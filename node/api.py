@@ -289,16 +289,16 @@ class ItemsApi:
     async def content(self, request: web.Request) -> web.StreamResponse:
         principal_of(request)
         item_id = request.match_info["id"]
-        if not await self._is_local(item_id):
-            assert self.broker is not None
+        try:
+            f = await self.cma.content_file(item_id)  # one lookup: local items are the common case
+        except NotFound:
+            if self.broker is None:
+                raise
             remote = await self.broker.item(item_id)
             pinned = await self.pins.local_file(remote.content_hash)
             if pinned is not None:
                 return file_response(pinned, immutable=True)
             return await self.broker.stream(request, item_id)
-        f = await self.cma.content_file(item_id)
-        if not f.path.exists():
-            raise NotFound("the item's content is missing from the store")
         return file_response(f, immutable=True)
 
     async def poster(self, request: web.Request) -> web.StreamResponse:

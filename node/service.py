@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 VISIBILITY_HELP = "visibility must be private, network or peers:ID,ID"
 MAX_TITLE = 500
 SESSION_TTL = 30 * 86400
+ROW_CACHE = 10_000
+TOKEN_CACHE = 10_000
+TOKEN_CACHE_SECONDS = 10.0
 
 
 def comment_from_row(row: dict[str, Any], prefix: str = "") -> CommentInfo:
@@ -143,13 +146,35 @@ class ContentManager:
         self._hash_workers = hash_workers
         self._listeners: list[ChangeListener] = []
         self._feed_id: str | None = None
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._generation = 0
+        self._tokens: dict[str, tuple[Principal, float]] = {}
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
     async def notify_changed(self) -> None:
+        # Every catalog change comes through here: forget cached item rows first.
+        self._generation += 1
+        self._rows.clear()
         for listener in self._listeners:
             await listener()
+
+    async def _row(self, item_id: str) -> dict[str, Any]:
+        """An item's row, from memory when nothing changed since it was read (the hot path of streaming)."""
+        check_item_id(item_id)
+        row = self._rows.get(item_id)
+        if row is not None:
+            return row
+        generation = self._generation
+        row = await self._store.get_item(item_id)
+        if row is None:
+            raise NotFound(f"no item {item_id}")
+        if generation == self._generation:  # not read across a change: safe to keep
+            if len(self._rows) >= ROW_CACHE:
+                self._rows.clear()
+            self._rows[item_id] = row
+        return row
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -211,20 +236,13 @@ class ContentManager:
         )
 
     async def get_item(self, item_id: str) -> ItemInfo:
-        check_item_id(item_id)
-        row = await self._store.get_item(item_id)
-        if row is None:
-            raise NotFound(f"no item {item_id}")
-        return self._info(row)
+        return self._info(await self._row(item_id))
 
     async def list_items(self, limit: int, offset: int = 0) -> list[ItemInfo]:
         return [self._info(r) for r in await self._store.list_items(limit, offset)]
 
     async def content_file(self, item_id: str) -> ContentFile:
-        check_item_id(item_id)
-        row = await self._store.get_item(item_id)
-        if row is None:
-            raise NotFound(f"no item {item_id}")
+        row = await self._row(item_id)
         item = self._info(row)
         external = row["external_path"]
         path = Path(external) if external else self._blobs.blob_path(item.content_hash)
@@ -611,22 +629,32 @@ class ContentManager:
         return token
 
     async def authenticate(self, token: str) -> Principal | None:
+        """The token's principal; a verified token is remembered for a few seconds (every request asks)."""
         if not token.startswith("pn_") or len(token) > 100:
             return None
-        row = await self._store.token_by_hash(_token_hash(token))
+        key = _token_hash(token)
+        now = time.time()
+        cached = self._tokens.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        row = await self._store.token_by_hash(key)
         if row is None:
             return None
-        now = time.time()
         if row["expires_at"] is not None and row["expires_at"] < now:
             return None
         if row["last_used_at"] is None or now - row["last_used_at"] > 60:
             await self._store.touch_token(row["id"], now)
-        return Principal(name=row["name"], admin=bool(row["admin"]), token_id=row["id"])
+        principal = Principal(name=row["name"], admin=bool(row["admin"]), token_id=row["id"])
+        if len(self._tokens) >= TOKEN_CACHE:
+            self._tokens.clear()
+        self._tokens[key] = (principal, min(now + TOKEN_CACHE_SECONDS, row["expires_at"] or now + 3600))
+        return principal
 
     async def create_session(self, principal: Principal) -> str:
         return await self.create_token(principal.name, admin=principal.admin, kind="session", ttl=SESSION_TTL)
 
     async def end_session(self, token: str) -> None:
+        self._tokens.pop(_token_hash(token), None)
         await self._store.delete_token_by_hash(_token_hash(token))
 
     async def require(self, token: str) -> Principal:

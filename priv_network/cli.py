@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from priv_network import db, observability, repl
+from priv_network import observability
 from priv_network.client import AdminClient
 from priv_network.commands import (
     EXIT_FAIL,
@@ -51,9 +51,15 @@ def _server() -> ModuleType:
     """The composition root, imported only by the commands that need it.
 
     It pulls in FFmpeg (PyAV), yt-dlp and plexapi: importing it at the top
-    would make every client command (status, search, ...) take seconds.
+    would make every client command (status, search, ...) take seconds. The
+    same goes for the database layer (SQLAlchemy, alembic) and the REPL
+    (prompt_toolkit): client commands load only the HTTP client.
     """
     return importlib.import_module("priv_network.server")
+
+
+def _db() -> ModuleType:
+    return importlib.import_module("priv_network.db")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -174,6 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     config = load_config(data_dir(args))
 
+    db = _db()
+
     async def run() -> str:
         engine = db.create_engine(config.database_url)
         try:
@@ -209,7 +217,7 @@ def cmd_repl(args: argparse.Namespace) -> int:
         raise UsageError("priv-network repl: --url and --token go together (see --help)")
     client = AdminClient(args.url, args.token) if args.url else admin_client(args)
     history = None if args.url else data_dir(args) / "repl_history"
-    return asyncio.run(repl.run(client, history))
+    return int(asyncio.run(importlib.import_module("priv_network.repl").run(client, history)))
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
