@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import shutil
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,6 @@ from blake3 import blake3
 
 from priv_network.errors import InsufficientStorage, InvalidInput, PrivNetworkError
 from priv_network.manifest import HASH_LEN, block_hash, manifest_hash
-
-_PIPELINE_BUFFERS = 8
 
 
 @dataclass(frozen=True)
@@ -114,56 +110,31 @@ class BlobStore:
         return result
 
     def _copy_and_hash(self, src: int, tmp: Path) -> StoredBlob:
-        """Read, hash and write in one pass.
+        """Read, hash (BLAKE3 of the whole file and of each block) and write in one pass.
 
-        Hashing (BLAKE3 of the whole file and of each block) runs in this
-        thread while a second thread writes the previous blocks: both release
-        the GIL, so on two cores the copy costs little more than the write.
+        One loop and one buffer: BLAKE3 releases the GIL and runs at several GB/s,
+        so the write dominates. A writer thread fed through queues was measured
+        slower and costlier here (bench/ingest.py, docs/benchmarks.md).
         """
         block_size = self.block_size
         whole = blake3()
         blocks: list[bytes] = []
+        buf = bytearray(block_size)
+        view = memoryview(buf)
         size = 0
-        free: queue.Queue[bytearray] = queue.Queue()
-        full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-        for _ in range(_PIPELINE_BUFFERS):
-            free.put(bytearray(block_size))
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        write_error: list[OSError] = []
-
-        def writer() -> None:
-            while (job := full.get()) is not None:
-                buf, n = job
-                if not write_error:
-                    try:
-                        _write_all(out, memoryview(buf)[:n])
-                    except OSError as exc:
-                        write_error.append(exc)
-                free.put(buf)
-
-        thread = threading.Thread(target=writer, name="blob-writer", daemon=True)
-        thread.start()
         try:
-            try:
-                while not write_error:
-                    buf = free.get()
-                    view = memoryview(buf)
-                    n = _read_full(src, view)
-                    if n == 0:
-                        free.put(buf)
-                        break
-                    chunk = view[:n]
-                    whole.update(chunk)
-                    blocks.append(blake3(chunk).digest())
-                    size += n
-                    full.put((buf, n))
-                    if n < block_size:
-                        break
-            finally:
-                full.put(None)
-                thread.join()
-            if write_error:
-                raise write_error[0]
+            while True:
+                n = _read_full(src, view)
+                if n == 0:
+                    break
+                chunk = view[:n]
+                whole.update(chunk)
+                blocks.append(blake3(chunk).digest())
+                _write_all(out, chunk)
+                size += n
+                if n < block_size:
+                    break
             os.fsync(out)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -1,0 +1,443 @@
+"""Community: 10,000 comments and 100,000 view events spread over 5 nodes, until all agree.
+
+    .venv/bin/python bench/community.py [--comments 10000] [--views 100000] [--interval 5s]
+
+Five real nodes (``priv-network init`` + ``serve``, 127.0.0.2 ... 127.0.0.6,
+not pinned) with ``[sync] interval = 5s``, one group; each owns 20 small
+items (``add``, visibility ``network``) and has synced everyone's catalog.
+
+The comments and views are then written, nodes stopped, straight into each
+author node's durable outbox (the registry's ``outbox`` table), exactly as
+``registry.community.CommunityService`` enqueues them (``post`` for a
+comment on a peer's item, ``progress`` past the threshold for a view): one
+random author node and user per message, on a random item of another node;
+a fifth of the comments answer an earlier comment of the same author node on
+the same item. 100,000 views through ``POST /api/v1/items/{id}/progress``
+would be 100,000 user sessions (a user's view of an item counts once per
+6 h); the outbox is the product's own durable queue, so the benchmark starts
+where those requests leave off.
+
+Timed from ``serve`` of all five: each node delivers its outbox to the
+owners (``POST /federation/v1/inbox``, signed, 500 messages a batch, 5,000
+per delivery run: at start-up and after each sync round), the owners count
+and publish (comments one entry each, views as one total per item), and
+every node polls every owner on its schedule. "Agreement": all five
+registries hold identical threads (every comment's id, item, parent, depth,
+author, body, deletion) and identical view totals, with all 10,000 comments
+and totals summing to 100,000 (read every 0.25 s from each node's SQLite,
+read-only). Goal: under 30 s. Afterwards every item's thread and view count
+is compared through the API (``GET /api/v1/items/{id}/comments``,
+``GET /api/v1/items/{id}``) on all five nodes.
+
+Feed size: one owner's feed since the cursor it had before the messages
+(signed ``GET /federation/v1/catalog``, as a member) is read whole; its bytes
+and entries are shown against the view events it absorbed: totals, not one
+entry per view. Per-item cost of publishing a total: ``CmaStore.add_views``
+(in this process, a fresh migrated SQLite database) for 500-view batches over
+1, 20 and 100 distinct items; the cost per item is the slope.
+
+If the product cannot agree within twice the goal, the reason is shown and
+the run is repeated from the same outboxes with bench/_proto_sync.py (the
+read fix it describes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import secrets
+import shutil
+import sqlite3
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from _common import header, install_cleanup, machine_line, median, save_result, temp_dir, verdict
+from _fed import FedNode, all_peers_synced, wait_for
+
+from priv_network import db
+from priv_network.config import parse_duration
+from priv_network.identity import NodeIdentity
+from priv_network.signing import Signer
+
+GOAL_S = 30.0
+WORDS = [
+    "the",
+    "a",
+    "fine",
+    "film",
+    "music",
+    "scene",
+    "great",
+    "ending",
+    "again",
+    "watch",
+    "loved",
+    "it",
+    "actor",
+    "story",
+    "camera",
+    "light",
+    "sound",
+    "why",
+]
+
+
+# -- seeding the outboxes -----------------------------------------------------------------------
+
+
+def seed_outboxes(
+    nodes: list[FedNode], items: dict[str, list[str]], n_comments: int, n_views: int, seed: int
+) -> dict[str, Any]:
+    """Write comments and views into each author node's outbox, as CommunityService._enqueue would."""
+    rng = random.Random(seed)
+    owners = [n.node_id for n in nodes]
+    rows: dict[str, list[tuple[Any, ...]]] = {n.name: [] for n in nodes}
+    base = time.time() - 3600
+    earlier: dict[tuple[str, str], list[tuple[str, int]]] = {}  # (author node, item) -> [(comment id, depth)]
+    per_owner_views: Counter[str] = Counter()
+    kinds = ["comment"] * n_comments + ["view"] * n_views
+    rng.shuffle(kinds)
+    for i, kind in enumerate(kinds):
+        author = rng.choice(nodes)
+        owner = rng.choice([o for o in owners if o != author.node_id])
+        item = rng.choice(items[owner])
+        at = base + i * 0.01
+        mid = secrets.token_hex(16)
+        user = f"user{rng.randrange(50)}"
+        if kind == "view":
+            payload: dict[str, Any] = {"item": item, "at": at}
+            per_owner_views[owner] += 1
+        else:
+            parent, depth = None, 0
+            prior = earlier.get((author.name, item))
+            if prior and rng.random() < 0.2:
+                parent, pdepth = rng.choice(prior)
+                if pdepth < 5:
+                    depth = pdepth + 1
+                else:
+                    parent = None
+            body = " ".join(rng.choices(WORDS, k=rng.randint(3, 30))).capitalize() + f" #{i}"
+            payload = {"item": item, "parent": parent, "depth": depth, "author": user, "body": body, "created_at": at}
+            earlier.setdefault((author.name, item), []).append((mid, depth))
+        rows[author.name].append((mid, owner, kind, json.dumps(payload), at, 0, 0.0))
+    for node in nodes:
+        con = sqlite3.connect(node.db_path)
+        try:
+            con.executemany(
+                "INSERT INTO outbox (id, node_id, kind, payload, created_at, attempts, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows[node.name],
+            )
+            con.commit()
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+    return {"per_node": {k: len(v) for k, v in rows.items()}, "views_per_owner": dict(per_owner_views)}
+
+
+# -- agreement ----------------------------------------------------------------------------------
+
+
+def registry_state(node: FedNode) -> tuple[str, int, int, int]:
+    """(digest of threads + totals, comments, sum of totals, outbox left) from a node's registry (read-only)."""
+    con = sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True, timeout=5)
+    try:
+        h = hashlib.sha256()
+        n_comments = 0
+        for row in con.execute(
+            "SELECT node_id, item_id, comment_id, parent_id, depth, author, author_node, body, deleted"
+            " FROM registry_comments ORDER BY node_id, item_id, comment_id"
+        ):
+            h.update(repr(row).encode())
+            n_comments += 1
+        total = 0
+        for row in con.execute("SELECT node_id, item_id, total FROM registry_views ORDER BY node_id, item_id"):
+            h.update(repr(row).encode())
+            total += int(row[2])
+        (left,) = con.execute("SELECT count(*) FROM outbox WHERE attempts >= 0").fetchone()
+        (rejected,) = con.execute("SELECT count(*) FROM outbox WHERE attempts < 0").fetchone()
+        return h.hexdigest(), n_comments, total, int(left) + 1_000_000 * int(rejected)
+    finally:
+        con.close()
+
+
+def api_agreement(nodes: list[FedNode], items: dict[str, list[str]]) -> tuple[bool, str]:
+    """Every item's thread (published comments, in order) and view count, identical through every node's API."""
+    for owner_items in items.values():
+        for item_id in owner_items:
+            threads, views = set(), set()
+            for n in nodes:
+                thread = n.get(f"/api/v1/items/{item_id}/comments")["comments"]
+                if any(c["state"] != "published" for c in thread):
+                    return False, f"{n.name} shows an unpublished comment on {item_id}"
+                threads.add(json.dumps([(c["id"], c["parent"], c["body"], c["author"]) for c in thread]))
+                views.add(n.get(f"/api/v1/items/{item_id}")["views"])
+            if len(threads) != 1 or len(views) != 1:
+                return False, f"item {item_id}: {len(threads)} different threads, view counts {sorted(views)}"
+    return True, "identical"
+
+
+# -- feed size ------------------------------------------------------------------------------------
+
+
+def read_feed(owner: FedNode, reader: FedNode, since: int) -> dict[str, Any]:
+    """The owner's whole feed after ``since``, as ``reader`` (a member) gets it: bytes and entries."""
+    import urllib.request
+
+    signer = Signer(NodeIdentity.load(reader.data / "node.key"))
+    total_bytes, entries, by_kind, bytes_by_kind, pages = 0, 0, Counter[str](), Counter[str](), 0
+    cursor = since
+    while True:
+        url = f"{owner.url}/federation/v1/catalog?since={cursor}&limit=5000"
+        req = urllib.request.Request(url, headers=signer.sign("GET", url, b""))
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            raw = resp.read()
+        page = json.loads(raw)
+        pages += 1
+        total_bytes += len(raw)
+        for e in page["entries"]:
+            entries += 1
+            by_kind[e["entity"]] += 1
+            bytes_by_kind[e["entity"]] += len(json.dumps(e, separators=(",", ":")))
+        cursor = page["next"]
+        if not page["more"]:
+            break
+    return {
+        "pages": pages,
+        "bytes": total_bytes,
+        "entries": entries,
+        "by_kind": by_kind,
+        "bytes_by_kind": bytes_by_kind,
+    }
+
+
+# -- the cost of publishing a total -----------------------------------------------------------------
+
+
+async def _add_views_cost(path: Path, spreads: tuple[int, ...], repeats: int) -> dict[int, float]:
+    from node.store import CmaStore
+
+    engine = db.create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await db.upgrade(engine)
+        store = CmaStore(engine)
+        out: dict[int, list[float]] = {k: [] for k in spreads}
+        items = [f"{i:026d}" for i in range(max(spreads))]
+        for r in range(repeats + 1):
+            for k in spreads:
+                receipts = [(secrets.token_hex(16), items[j % k], time.time()) for j in range(500)]
+                t0 = time.perf_counter()
+                await store.add_views(receipts)
+                if r:  # the first pass warms up
+                    out[k].append(time.perf_counter() - t0)
+        return {k: median(v) for k, v in out.items()}
+    finally:
+        await engine.dispose()
+
+
+def add_views_cost(root: Path) -> dict[str, Any]:
+    spreads = (1, 20, 100)
+    t = asyncio.run(_add_views_cost(root / "views-cost.db", spreads, 5))
+    slope = (t[100] - t[1]) / 99
+    return {"batch_s": {str(k): v for k, v in t.items()}, "per_item_ms": slope * 1000, "per_view_us": t[1] / 500 * 1e6}
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def run_scenario(nodes: list[FedNode], entry: str, expect: tuple[int, int], limit: float) -> dict[str, Any]:
+    """Start every node, then wait until all registries agree (or ``limit`` s pass)."""
+    t0 = time.perf_counter()
+    for n in nodes:
+        n.serve(entry=entry)
+    started = time.perf_counter() - t0
+    timeline: list[tuple[float, list[tuple[int, int, int]]]] = []
+    agreed_at = None
+    while time.perf_counter() - t0 < limit:
+        states = [registry_state(n) for n in nodes]
+        now = time.perf_counter() - t0
+        timeline.append((now, [(s[1], s[2], s[3]) for s in states]))
+        if len({s[0] for s in states}) == 1 and all((s[1], s[2]) == expect for s in states):
+            agreed_at = now
+            break
+        time.sleep(0.25)
+    return {"agreed_s": agreed_at, "start_s": started, "timeline": timeline}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=5)
+    ap.add_argument("--items", type=int, default=20, help="items per node (default 20)")
+    ap.add_argument("--comments", type=int, default=10_000)
+    ap.add_argument("--views", type=int, default=100_000)
+    ap.add_argument("--interval", default="5s", help="[sync] interval of every node (default 5s)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    interval = parse_duration(args.interval)
+
+    install_cleanup()
+    print(
+        f"community benchmark: {args.comments:,} comments and {args.views:,} views over {args.nodes} nodes,"
+        f" {args.items} items each, [sync] interval {interval:g} s"
+    )
+    print(f"machine: {machine_line()}", flush=True)
+    root = temp_dir("community-")
+    media = root / "media"
+    sections = {"sync": {"interval": args.interval}, "store": {"min_free": "0"}}
+    nodes: list[FedNode] = []
+    try:
+        header("setting up: one group, every node adds its items, everyone syncs")
+        nodes = [FedNode(root, f"c{i}", f"127.0.0.{i + 2}", sections=sections) for i in range(args.nodes)]
+        for n in nodes:
+            n.serve()
+        items: dict[str, list[str]] = {}
+        for n in nodes:
+            folder = media / n.name
+            folder.mkdir(parents=True)
+            for i in range(args.items):
+                (folder / f"{n.name} clip {i:03d}.bin").write_bytes(secrets.token_bytes(256))
+            report = n.api("POST", "/api/v1/items", {"paths": [str(folder)], "visibility": "network"})
+            items[n.node_id] = [x["id"] for x in report["added"]]
+        invite = nodes[0].invite(uses=args.nodes - 1)
+        for n in nodes[1:]:
+            n.join(invite)
+        total_items = args.nodes * args.items
+
+        def everyone_has_everything() -> bool:
+            if not all(all_peers_synced(n, args.nodes - 1) for n in nodes):
+                return False
+            return all(sum(p["items"] for p in n.peers()) == total_items - args.items for n in nodes)
+
+        wait_for(everyone_has_everything, timeout=120, what="catalogs synced", interval=1.0)
+        for n in nodes:
+            n.stop()
+        seqs = {}
+        for n in nodes:
+            con = sqlite3.connect(f"file:{n.db_path}?mode=ro", uri=True)
+            seqs[n.name] = con.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+            con.close()
+
+        header(f"writing {args.comments:,} comments and {args.views:,} views into the outboxes (nodes stopped)")
+        t_seed = time.perf_counter()
+        seeded = seed_outboxes(nodes, items, args.comments, args.views, args.seed)
+        print(f"outbox messages per node: {seeded['per_node']} ({time.perf_counter() - t_seed:.1f} s)")
+        saved = root / "saved"
+        for n in nodes:
+            (saved / n.name).mkdir(parents=True)
+            shutil.copy2(n.db_path, saved / n.name / "node.db")
+
+        expect = (args.comments, args.views)
+        results: dict[str, Any] = {}
+        entry = ""
+        product_note = None
+        for attempt in ("product", "prototype"):
+            if attempt == "prototype":
+                entry = "_proto_sync.py"
+                for n in nodes:
+                    n.stop()
+                    for suffix in ("-wal", "-shm"):
+                        Path(f"{n.db_path}{suffix}").unlink(missing_ok=True)
+                    shutil.copy2(saved / n.name / "node.db", n.db_path)
+            header(
+                f"{attempt}: start all {args.nodes} nodes, wait until they agree"
+                + (" (with bench/_proto_sync.py)" if entry else "")
+            )
+            res = run_scenario(nodes, entry, expect, 2 * GOAL_S if attempt == "product" else 6 * GOAL_S)
+            results[attempt] = res
+            last = res["timeline"][-1]
+            step = max(1, len(res["timeline"]) // 12)
+            for t, states in res["timeline"][::step] + ([last] if res["timeline"][-1::step] != [last] else []):
+                print(
+                    f"  {t:5.1f} s: comments {[s[0] for s in states]}, view totals {[s[1] for s in states]},"
+                    f" outbox left {[s[2] % 1_000_000 for s in states]}"
+                    + (f", rejected {[s[2] // 1_000_000 for s in states]}" if any(s[2] >= 1e6 for s in states) else "")
+                )
+            if res["agreed_s"] is not None:
+                print(f"  all {args.nodes} nodes agree after {res['agreed_s']:.1f} s")
+                break
+            errors = Counter()
+            for n in nodes:
+                for line in n.log.read_text(errors="replace").splitlines():
+                    if "failed:" in line or "WARNING" in line:
+                        errors[line.split(" failed: ", 1)[-1].split(";")[0][-90:]] += 1
+            product_note = f"no agreement within {2 * GOAL_S:g} s; log warnings: " + "; ".join(
+                f"{k} (x{v})" for k, v in errors.most_common(3)
+            )
+            print(f"  PRODUCT: {product_note}", flush=True)
+            if attempt == "prototype":
+                raise SystemExit("no agreement with the prototype either")
+
+        agreed = results[attempt]["agreed_s"]
+        header("checking every thread and view count through the API of every node")
+        same, why = api_agreement(nodes, items)
+        print(f"  {why}")
+
+        header("feed size: one owner's feed since before the messages, as a member reads it")
+        owner, reader = nodes[0], nodes[1]
+        feed = read_feed(owner, reader, seqs[owner.name])
+        views_in = seeded["views_per_owner"].get(owner.node_id, 0)
+        views_entries = feed["by_kind"].get("views", 0)
+        views_bytes = feed["bytes_by_kind"].get("views", 0)
+        print(
+            f"  {owner.name}'s feed: {feed['bytes']:,} bytes in {feed['pages']} page(s), {feed['entries']:,} entries"
+            f" ({dict(feed['by_kind'])}); {views_in:,} view events became {views_entries} totals"
+            f" = {views_bytes:,} bytes ({views_bytes / max(views_in, 1):.3f} B per view event,"
+            f" {views_bytes / max(views_entries, 1):.0f} B per item)"
+        )
+
+        header("cost of publishing a total: CmaStore.add_views, 500-view batches over 1, 20, 100 items")
+        cost = add_views_cost(root)
+        print(
+            "  batch of 500: "
+            + ", ".join(f"{k} item(s) {v * 1000:.0f} ms" for k, v in cost["batch_s"].items())
+            + f"; per extra item {cost['per_item_ms']:.2f} ms, per view {cost['per_view_us']:.0f} us"
+        )
+
+        ok = agreed is not None and agreed < GOAL_S and same and product_note is None
+        summary = {
+            "nodes": args.nodes,
+            "items": total_items,
+            "comments": args.comments,
+            "views": args.views,
+            "interval_s": interval,
+            "measured": "bench/_proto_sync.py (read fix)" if entry else "product",
+            "product_note": product_note,
+            "agreed_s": agreed,
+            "api_identical": same,
+            "feed": {**feed, "by_kind": dict(feed["by_kind"]), "bytes_by_kind": dict(feed["bytes_by_kind"])},
+            "feed_view_events": views_in,
+            "publish_cost": cost,
+            "goal_s": GOAL_S,
+            "met": ok,
+        }
+        header("results")
+        if product_note:
+            print(f"PRODUCT: {product_note}; figures below are with bench/_proto_sync.py")
+        print(
+            f"time to agreement ({args.comments:,} comments, {args.views:,} views, {args.nodes} nodes):"
+            f" {agreed:.1f} s   goal < {GOAL_S:g} s: {verdict(agreed is not None and agreed < GOAL_S)}"
+        )
+        print(f"threads and totals through the API on every node: {why}")
+        print(
+            f"feed after the views: {views_entries} view totals ({views_bytes:,} B) for {views_in:,} view events"
+            f" (ratio {views_entries / max(views_in, 1):.4f} entries per event); whole feed {feed['bytes']:,} B"
+        )
+        print(
+            f"publishing a total: {cost['per_item_ms']:.2f} ms per item per batch,"
+            f" {cost['per_view_us']:.0f} us per view"
+        )
+        print(f"saved {save_result('community', summary)}")
+        return 0 if ok else 1
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
