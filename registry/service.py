@@ -165,10 +165,15 @@ class Registry:
     async def poll_peer(self, peer: Peer) -> int | str:
         """Sync one peer; returns the number of changes, or the error that stopped it."""
         assert self._client is not None, "Registry.set_client() not called"
+        started = time.time()
         try:
             return await self.sync_source(RemoteCatalog(self._client, peer), remote=True)
         except PrivNetworkError as exc:
             state = await self._store.get_source(peer.node_id)
+            if state is not None and (state["last_sync_at"] or 0) > started:
+                # Another poll of this peer succeeded meanwhile: this failure is stale.
+                log.info("sync with %s failed (%s) but a newer one succeeded", peer.node_id, exc.message)
+                return f"error: {exc.message}"
             failures = int(state["failures"]) if state else 0
             delay = self._backoff(failures)
             await self._store.record_failure(peer.node_id, exc.message, time.time() + delay)

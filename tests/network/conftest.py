@@ -1,8 +1,8 @@
 """Multi-node helpers: real nodes on 127.0.0.x, each with its own database.
 
 Every node of a test gets its own data folder and its own database (a
-SQLite file, or with ``PRIV_NETWORK_TEST_PG`` a PostgreSQL database created
-for it and dropped afterwards), and listens on its own loopback address
+SQLite file, or with ``PRIV_NETWORK_TEST_PG`` a PostgreSQL database of its
+own, see ``PgDatabases``), and listens on its own loopback address
 (127.0.0.2, 127.0.0.3, ...) on a real socket, so nodes talk to each other
 over real HTTP exactly as they would across machines. A node can be stopped
 and started again on the same data folder, database and port.
