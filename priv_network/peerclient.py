@@ -37,6 +37,22 @@ _BY_STATUS: dict[int, type[PrivNetworkError]] = {
 }
 
 
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ``limit + 1`` bytes if it is longer (the caller refuses it).
+
+    ``StreamReader.read(n)`` returns what is buffered so far, not n bytes: a
+    body larger than one network read would arrive cut.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)[: limit + 1]
+
+
 def join_url(base: str, path: str) -> str:
     return base.rstrip("/") + path
 
@@ -61,7 +77,7 @@ class PeerClient:
             async with self.session.request(
                 method, URL(url, encoded=True), data=raw_body or None, headers=headers, timeout=self.timeout
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE + 1)
+                raw = await read_body(resp, MAX_RESPONSE)
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
@@ -95,7 +111,7 @@ class PeerClient:
         try:
             async with self.session.get(URL(url, encoded=True), headers=all_headers, timeout=limit) as resp:
                 if resp.status >= 400:
-                    raw = await resp.content.read(64 * 1024)
+                    raw = await read_body(resp, 64 * 1024)
                     message = f"{base_url} answered HTTP {resp.status}"
                     try:
                         data = json.loads(raw)

@@ -27,7 +27,7 @@ from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, RangeN
 from priv_network.http import content_headers, error_response
 from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
-from priv_network.peerclient import PeerClient, PeerUnreachable
+from priv_network.peerclient import PeerClient, PeerUnreachable, read_body
 from priv_network.ranges import ByteRange, parse_range
 from priv_network.wire import ItemInfo, check_item_id
 from registry.store import RegistryStore
@@ -260,7 +260,7 @@ class Broker:
         if not remote.item.has_poster:
             raise NotFound(f"item {item_id} has no poster")
         async with self.client.stream(remote.url, f"/federation/v1/poster/{item_id}") as upstream:
-            data = await upstream.content.read(POSTER_LIMIT + 1)
+            data = await read_body(upstream, POSTER_LIMIT)
         if len(data) > POSTER_LIMIT or not data.startswith(b"\xff\xd8"):
             raise PeerUnreachable(f"{remote.url} sent an invalid poster")
         return web.Response(
