@@ -76,14 +76,22 @@ PROFILE_UNDER = (
     "write (aiohttp",
     "Broker.stream",
     "remote_item",
-    "manifest",
-    "auth_middleware",
-    "traffic",
-    "sign",
-    "_copy",
-    "write_block",
-    "update_pin",
+    "Broker.manifest",
+    "local_file",
+    "Traffic.add",
+    "Signer.sign",
+)
+PIN_PROFILE_UNDER = (
+    "Pinner._copy",
+    "readexactly",
+    "block_hash",
+    "Pins.write_block",
     "get_pin",
+    "update_pin",
+    "write_pin_block",
+    "commit_pin",
+    "verified_prefix",
+    "aiosqlite",
 )
 
 
@@ -223,6 +231,7 @@ def main() -> int:
         # -- pinning vs curl
         header(f"pinning the file on the broker vs curl from the owner ({args.pin_rounds} rounds, s)")
         pin_t: list[float] = []
+        pin_cpu: list[float] = []
         curl_t: list[float] = []
         for r in range(args.pin_rounds):
             for what in ("curl", "pin") if r % 2 == 0 else ("pin", "curl"):
@@ -231,13 +240,21 @@ def main() -> int:
                 if what == "curl":
                     curl_t.append(curl_once(owner, item_id, root / "curl.out"))
                 else:
+                    c0 = cpu_seconds(broker.pid)
                     pin_t.append(pin_once(broker, item_id))
+                    pin_cpu.append(cpu_seconds(broker.pid) - c0)
             print(
                 f"  round {r + 1}: pin {pin_t[-1]:.2f} s ({args.size_mib / pin_t[-1]:.0f} MiB/s),"
                 f" curl {curl_t[-1]:.2f} s ({args.size_mib / curl_t[-1]:.0f} MiB/s),"
-                f" ratio {curl_t[-1] / pin_t[-1]:.2f}",
+                f" ratio {curl_t[-1] / pin_t[-1]:.2f}; broker CPU during the pin {pin_cpu[-1]:.2f} s",
                 flush=True,
             )
+        if not args.no_profile:
+            spy = PySpy(broker.pid, root / "pyspy-broker-pin.txt")
+            if spy.start():
+                pin_once(broker, item_id)
+                spy.stop()
+                profiles["pin"] = spy.summary(top=20, inclusive=PIN_PROFILE_UNDER)
 
         # -- report
         header("results: medians over rounds; ratio = median of per-round ratios")
@@ -281,6 +298,7 @@ def main() -> int:
             "pin_s": median(pin_t),
             "curl_s": median(curl_t),
             "pin_mib_s": args.size_mib / median(pin_t),
+            "pin_cpu_s": median(pin_cpu),
             "curl_mib_s": args.size_mib / median(curl_t),
             "ratio": pin_ratio,
             "met": pin_ok,
@@ -293,10 +311,11 @@ def main() -> int:
         print(
             f"pin    {median(pin_t):.2f} s ({args.size_mib / median(pin_t):.0f} MiB/s) vs curl {median(curl_t):.2f} s"
             f" ({args.size_mib / median(curl_t):.0f} MiB/s): ratio {pin_ratio:.2f}"
-            f"   goal >= {GOAL_PIN}: {verdict(pin_ok)}"
+            f"   goal >= {GOAL_PIN}: {verdict(pin_ok)}; broker CPU per pin {median(pin_cpu):.2f} s"
         )
         for mode, text in profiles.items():
-            print(f"\npy-spy of the broker, brokered {mode} run:\n  " + text.replace("\n", "\n  "))
+            what = "one pin" if mode == "pin" else f"a brokered {mode} run"
+            print(f"\npy-spy of the broker, {what}:\n  " + text.replace("\n", "\n  "))
         print(f"saved {save_result('broker', summary)}")
         return 0 if ok else 1
     finally:

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import header, install_cleanup, machine_line, median, save_result, temp_dir, verdict
-from _fed import FedNode, all_peers_synced, wait_for
+from _fed import FedNode, PySpy, all_peers_synced, wait_for
 
 from priv_network import db
 from priv_network.config import parse_duration
@@ -66,6 +66,24 @@ from priv_network.identity import NodeIdentity
 from priv_network.signing import Signer
 
 GOAL_S = 30.0
+PROFILE_UNDER = (
+    "FederationApi.inbox",
+    "Community.add (",
+    "insert_comment",
+    "add_views",
+    "notify_changed",
+    "on_local_change",
+    "sync_source",
+    "reconcile_sources",
+    "apply_page",
+    "CommunityService.deliver",
+    "_send",
+    "refresh_peer",
+    "changes (node/service.py",
+    "Signer.sign",
+    "Verifier.verify",
+    "aiosqlite",
+)
 WORDS = [
     "the",
     "a",
@@ -144,8 +162,8 @@ def seed_outboxes(
 # -- agreement ----------------------------------------------------------------------------------
 
 
-def registry_state(node: FedNode) -> tuple[str, int, int, int]:
-    """(digest of threads + totals, comments, sum of totals, outbox left) from a node's registry (read-only)."""
+def registry_state(node: FedNode) -> tuple[str, int, int, int, int, int]:
+    """(digest of threads + totals, comments, sum of totals, outbox left, comments and views refused for good)."""
     con = sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True, timeout=5)
     try:
         h = hashlib.sha256()
@@ -161,8 +179,8 @@ def registry_state(node: FedNode) -> tuple[str, int, int, int]:
             h.update(repr(row).encode())
             total += int(row[2])
         (left,) = con.execute("SELECT count(*) FROM outbox WHERE attempts >= 0").fetchone()
-        (rejected,) = con.execute("SELECT count(*) FROM outbox WHERE attempts < 0").fetchone()
-        return h.hexdigest(), n_comments, total, int(left) + 1_000_000 * int(rejected)
+        refused = dict(con.execute("SELECT kind, count(*) FROM outbox WHERE attempts < 0 GROUP BY kind").fetchall())
+        return h.hexdigest(), n_comments, total, int(left), refused.get("comment", 0), refused.get("view", 0)
     finally:
         con.close()
 
@@ -251,23 +269,62 @@ def add_views_cost(root: Path) -> dict[str, Any]:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def run_scenario(nodes: list[FedNode], entry: str, expect: tuple[int, int], limit: float) -> dict[str, Any]:
-    """Start every node, then wait until all registries agree (or ``limit`` s pass)."""
+def run_scenario(
+    nodes: list[FedNode], entry: str, expect: tuple[int, int], limit: float, profile: Path | None
+) -> dict[str, Any]:
+    """Start every node, then wait until all registries agree (or ``limit`` s pass).
+
+    Agreement: identical digests, every outbox empty, and every comment and view the
+    owners did not refuse (refusals are final and kept in the author's outbox) published.
+    """
+    offsets = {n.name: n.log.stat().st_size if n.log.exists() else 0 for n in nodes}
     t0 = time.perf_counter()
     for n in nodes:
         n.serve(entry=entry)
     started = time.perf_counter() - t0
-    timeline: list[tuple[float, list[tuple[int, int, int]]]] = []
+    spy = None
+    if profile is not None:
+        spy = PySpy(nodes[0].pid, profile, rate=100)
+        spy = spy if spy.start() else None
+    timeline: list[tuple[float, list[tuple[int, ...]]]] = []
     agreed_at = None
     while time.perf_counter() - t0 < limit:
         states = [registry_state(n) for n in nodes]
         now = time.perf_counter() - t0
-        timeline.append((now, [(s[1], s[2], s[3]) for s in states]))
-        if len({s[0] for s in states}) == 1 and all((s[1], s[2]) == expect for s in states):
+        timeline.append((now, [s[1:] for s in states]))
+        refused_c, refused_v = sum(s[4] for s in states), sum(s[5] for s in states)
+        want = (expect[0] - refused_c, expect[1] - refused_v)
+        if len({s[0] for s in states}) == 1 and all((s[1], s[2]) == want and s[3] == 0 for s in states):
             agreed_at = now
             break
+        if spy is not None and now > 30:
+            spy.stop()
         time.sleep(0.25)
-    return {"agreed_s": agreed_at, "start_s": started, "timeline": timeline}
+    if spy is not None:
+        spy.stop()
+    warnings: Counter[str] = Counter()
+    refusals: Counter[str] = Counter()
+    for n in nodes:
+        with open(n.log, errors="replace") as fh:
+            fh.seek(offsets[n.name])
+            for line in fh:
+                if " WARNING " in line and "not readable as media" not in line:
+                    text = line.split(" req=", 1)[-1].split(" ", 1)[-1]
+                    text = text.split(" failed: ", 1)[-1].split(";")[0].strip()
+                    warnings[text[:100]] += 1
+        con = sqlite3.connect(f"file:{n.db_path}?mode=ro", uri=True)
+        for kind, error, count in con.execute(
+            "SELECT kind, last_error, count(*) FROM outbox WHERE attempts < 0 GROUP BY 1, 2"
+        ):
+            refusals[f"{kind}: {error}"] += count
+        con.close()
+    return {
+        "agreed_s": agreed_at,
+        "start_s": started,
+        "timeline": timeline,
+        "warnings": warnings.most_common(4),
+        "refused": dict(refusals),
+    }
 
 
 def main() -> int:
@@ -278,6 +335,7 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=100_000)
     ap.add_argument("--interval", default="5s", help="[sync] interval of every node (default 5s)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-profile", action="store_true", help="skip py-spy of one node during the timed run")
     args = ap.parse_args()
     interval = parse_duration(args.interval)
 
@@ -348,26 +406,30 @@ def main() -> int:
                 f"{attempt}: start all {args.nodes} nodes, wait until they agree"
                 + (" (with bench/_proto_sync.py)" if entry else "")
             )
-            res = run_scenario(nodes, entry, expect, 2 * GOAL_S if attempt == "product" else 6 * GOAL_S)
+            profile = None if args.no_profile or attempt == "product" else root / "pyspy-c0.txt"
+            res = run_scenario(nodes, entry, expect, 2 * GOAL_S if attempt == "product" else 8 * GOAL_S, profile)
             results[attempt] = res
-            last = res["timeline"][-1]
-            step = max(1, len(res["timeline"]) // 12)
-            for t, states in res["timeline"][::step] + ([last] if res["timeline"][-1::step] != [last] else []):
+            timeline = res["timeline"]
+            step = max(1, len(timeline) // 12)
+            shown = timeline[::step] + ([timeline[-1]] if (len(timeline) - 1) % step else [])
+            for t, states in shown:
                 print(
                     f"  {t:5.1f} s: comments {[s[0] for s in states]}, view totals {[s[1] for s in states]},"
-                    f" outbox left {[s[2] % 1_000_000 for s in states]}"
-                    + (f", rejected {[s[2] // 1_000_000 for s in states]}" if any(s[2] >= 1e6 for s in states) else "")
+                    f" outbox left {[s[2] for s in states]}"
+                    + (f", refused {[s[3] + s[4] for s in states]}" if any(s[3] + s[4] for s in states) else "")
                 )
+            if res["refused"]:
+                print(f"  refused by the owners (final): {res['refused']}")
+            if res["warnings"]:
+                print("  log warnings: " + "; ".join(f"{k} (x{v})" for k, v in res["warnings"]))
+            if profile is not None and profile.exists():
+                spy_text = PySpy(0, profile, rate=100).summary(top=15, inclusive=PROFILE_UNDER)
+                print("  py-spy of c0, first 30 s:\n    " + spy_text.replace("\n", "\n    "))
             if res["agreed_s"] is not None:
                 print(f"  all {args.nodes} nodes agree after {res['agreed_s']:.1f} s")
                 break
-            errors = Counter()
-            for n in nodes:
-                for line in n.log.read_text(errors="replace").splitlines():
-                    if "failed:" in line or "WARNING" in line:
-                        errors[line.split(" failed: ", 1)[-1].split(";")[0][-90:]] += 1
-            product_note = f"no agreement within {2 * GOAL_S:g} s; log warnings: " + "; ".join(
-                f"{k} (x{v})" for k, v in errors.most_common(3)
+            product_note = f"no agreement within {2 * GOAL_S:g} s" + (
+                f" ({res['warnings'][0][0]} x{res['warnings'][0][1]})" if res["warnings"] else ""
             )
             print(f"  PRODUCT: {product_note}", flush=True)
             if attempt == "prototype":
@@ -409,6 +471,7 @@ def main() -> int:
             "measured": "bench/_proto_sync.py (read fix)" if entry else "product",
             "product_note": product_note,
             "agreed_s": agreed,
+            "refused": results[attempt]["refused"],
             "api_identical": same,
             "feed": {**feed, "by_kind": dict(feed["by_kind"]), "bytes_by_kind": dict(feed["bytes_by_kind"])},
             "feed_view_events": views_in,

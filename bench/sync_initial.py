@@ -1,6 +1,6 @@
 """Initial sync: 100,000 items from one peer into an empty registry, on loopback.
 
-    .venv/bin/python bench/sync_initial.py [--items 100000] [--repeats 3]
+    .venv/bin/python bench/sync_initial.py [--items 100000] [--repeats 1] [--profile]
 
 Two real nodes (``priv-network init`` + ``serve``): A (alice) on 127.0.0.1,
 pinned to core 1, and B (bob) on 127.0.0.2, pinned to core 0; both with
