@@ -477,47 +477,52 @@ class FederationApi:
         node_name = known.name if known is not None else peer
         results: dict[str, str] = {}
         receipts: list[tuple[str, str, float]] = []
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("id"), str):
-                raise InvalidInput("each message needs an id")
-            mid, kind, data = message["id"][:64], message.get("kind"), message.get("payload")
-            try:
-                if not isinstance(data, dict):
-                    raise InvalidInput("message payload must be an object")
-                if kind == "view":
-                    at = data.get("at")
-                    if not isinstance(data.get("item"), str) or isinstance(at, bool) or not isinstance(at, int | float):
-                        raise InvalidInput("a view names an item and a time")
-                    receipts.append((mid, data["item"], float(at)))
-                elif kind == "comment":
-                    await self.community.add(
-                        comment_id=mid,
-                        item_id=check_item_id(str(data.get("item"))),
-                        parent_id=data.get("parent") if isinstance(data.get("parent"), str) else None,
-                        author=str(data.get("author", "")),
-                        author_node=peer,
-                        author_node_name=node_name,
-                        body=data.get("body"),
-                        viewer=peer,
-                        created_at=data.get("created_at") if isinstance(data.get("created_at"), float) else None,
-                    )
-                elif kind == "comment_edit":
-                    await self.community.edit(
-                        str(data.get("comment")), data.get("body"), author=str(data.get("author")), author_node=peer
-                    )
-                elif kind == "comment_delete":
-                    await self.community.delete(
-                        str(data.get("comment")), author=str(data.get("author")), author_node=peer, owner=False
-                    )
-                else:
-                    raise InvalidInput(f"unknown message kind {str(kind)[:20]!r}")
-                results[mid] = "ok"
-            except PrivNetworkError as exc:
-                results[mid] = f"rejected: {exc.message}"
-        if receipts:
-            await self.community.add_views(receipts, viewer=peer)
-            for mid, _item, _at in receipts:
-                results[mid] = "ok"
+        async with self.community.batch():
+            for message in messages:
+                if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+                    raise InvalidInput("each message needs an id")
+                mid, kind, data = message["id"][:64], message.get("kind"), message.get("payload")
+                try:
+                    if not isinstance(data, dict):
+                        raise InvalidInput("message payload must be an object")
+                    if kind == "view":
+                        at = data.get("at")
+                        if (
+                            not isinstance(data.get("item"), str)
+                            or isinstance(at, bool)
+                            or not isinstance(at, int | float)
+                        ):
+                            raise InvalidInput("a view names an item and a time")
+                        receipts.append((mid, data["item"], float(at)))
+                    elif kind == "comment":
+                        await self.community.add(
+                            comment_id=mid,
+                            item_id=check_item_id(str(data.get("item"))),
+                            parent_id=data.get("parent") if isinstance(data.get("parent"), str) else None,
+                            author=str(data.get("author", "")),
+                            author_node=peer,
+                            author_node_name=node_name,
+                            body=data.get("body"),
+                            viewer=peer,
+                            created_at=data.get("created_at") if isinstance(data.get("created_at"), float) else None,
+                        )
+                    elif kind == "comment_edit":
+                        await self.community.edit(
+                            str(data.get("comment")), data.get("body"), author=str(data.get("author")), author_node=peer
+                        )
+                    elif kind == "comment_delete":
+                        await self.community.delete(
+                            str(data.get("comment")), author=str(data.get("author")), author_node=peer, owner=False
+                        )
+                    else:
+                        raise InvalidInput(f"unknown message kind {str(kind)[:20]!r}")
+                    results[mid] = "ok"
+                except PrivNetworkError as exc:
+                    results[mid] = f"rejected: {exc.message}"
+            if receipts:
+                await self.community.add_views(receipts, viewer=peer)
+                for mid, _item, _at in receipts:
+                    results[mid] = "ok"
         return web.json_response({"results": results})
 
 

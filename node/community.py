@@ -11,8 +11,11 @@ published, so a feed poll stays small however much is watched.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from node.service import ContentManager, comment_from_row, visible_to
@@ -25,11 +28,37 @@ log = logging.getLogger(__name__)
 MAX_AUTHOR = 64
 
 
+_BATCH: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("community_batch", default=None)
+
+
 class Community:
     def __init__(self, *, store: CmaStore, cma: ContentManager, max_length: int) -> None:
         self._store = store
         self._cma = cma
         self.max_length = max_length
+
+    async def _changed(self) -> None:
+        pending = _BATCH.get()
+        if pending is not None:
+            pending.append(True)  # told once, when the batch of this request ends
+        else:
+            await self._cma.notify_changed()
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Apply many messages (an inbox delivery) and tell the rest of the node once, at the end.
+
+        The batch belongs to the current task (a context variable), so requests
+        handled at the same time are not held back by it.
+        """
+        pending: list[bool] = []
+        token = _BATCH.set(pending)
+        try:
+            yield
+        finally:
+            _BATCH.reset(token)
+            if pending:
+                await self._cma.notify_changed()
 
     async def comments(self, item_id: str, viewer: str | None = None) -> list[CommentInfo]:
         item = await self._cma.get_item(item_id)
@@ -85,7 +114,7 @@ class Community:
             "deleted": False,
         }
         await self._store.insert_comment(values)
-        await self._cma.notify_changed()
+        await self._changed()
         return comment_from_row(values)
 
     async def edit(self, comment_id: str, body: object, *, author: str, author_node: str) -> CommentInfo:
@@ -95,7 +124,7 @@ class Community:
         await self._store.update_comment(
             comment_id, {"body": clean_comment_body(body, self.max_length), "edited_at": time.time()}
         )
-        await self._cma.notify_changed()
+        await self._changed()
         return comment_from_row(await self._get(comment_id))
 
     async def delete(self, comment_id: str, *, author: str | None, author_node: str | None, owner: bool) -> None:
@@ -106,7 +135,7 @@ class Community:
             assert author is not None and author_node is not None
             await self._own(comment_id, author, author_node)
         await self._store.update_comment(comment_id, {"deleted": True, "body": "", "edited_at": time.time()})
-        await self._cma.notify_changed()
+        await self._changed()
 
     async def _get(self, comment_id: str) -> dict[str, Any]:
         row = await self._store.get_comment(comment_id) if COMMENT_ID_RE.match(comment_id) else None
@@ -132,7 +161,7 @@ class Community:
                 allowed.append((receipt_id, item_id, min(at, time.time())))
         totals = await self._store.add_views(allowed)
         if totals:
-            await self._cma.notify_changed()
+            await self._changed()
         return totals
 
     async def view_totals(self, item_ids: list[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from priv_network.errors import InvalidInput, NotFound
@@ -62,8 +62,10 @@ class ItemInfo:
     external_ids: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies and was 40% of serving a feed page.
+        out = {name: getattr(self, name) for name in _ITEM_FIELDS}
         out["genres"] = list(self.genres)
+        out["external_ids"] = dict(self.external_ids)
         return out
 
     @classmethod
@@ -244,6 +246,9 @@ class CommentInfo:
         if len(info.body) > 20000 or len(info.author) > 64 or len(info.author_node_name) > 200:
             raise InvalidInput("comment field too long")
         return info
+
+
+_ITEM_FIELDS = tuple(f.name for f in fields(ItemInfo))
 
 
 @dataclass(frozen=True)

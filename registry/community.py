@@ -31,6 +31,7 @@ from registry.store import RegistryStore
 log = logging.getLogger(__name__)
 
 BATCH = 500
+MAX_DELIVERY_PASSES = 50
 
 
 class CommunityService:
@@ -289,20 +290,29 @@ class CommunityService:
         assert self._client is not None
         delivered = 0
         async with self._lock:
-            due = await self._store.outbox_due(time.time(), node_id, limit=5000)
-            peers = {p.node_id: p for p in await self._directory.active_peers()}
-            by_node: dict[str, list[dict[str, Any]]] = {}
-            for message in due:
-                by_node.setdefault(message["node_id"], []).append(message)
-            for owner, messages in by_node.items():
-                peer = peers.get(owner)
-                if peer is None:
-                    for m in messages:
-                        await self._store.outbox_rejected(m["id"], "the item's owner is no longer a member")
-                    continue
-                for start in range(0, len(messages), BATCH):
-                    batch = messages[start : start + BATCH]
-                    delivered += await self._send(peer.url, owner, batch)
+            for _ in range(MAX_DELIVERY_PASSES):  # until nothing is due (bounded, so one run ends)
+                sent = await self._deliver_pass(node_id)
+                delivered += sent
+                if not sent:
+                    break
+        return delivered
+
+    async def _deliver_pass(self, node_id: str | None) -> int:
+        """One pass over what is due now, batched per owner."""
+        delivered = 0
+        due = await self._store.outbox_due(time.time(), node_id, limit=5000)
+        peers = {p.node_id: p for p in await self._directory.active_peers()}
+        by_node: dict[str, list[dict[str, Any]]] = {}
+        for message in due:
+            by_node.setdefault(message["node_id"], []).append(message)
+        for owner, messages in by_node.items():
+            peer = peers.get(owner)
+            if peer is None:
+                for m in messages:
+                    await self._store.outbox_rejected(m["id"], "the item's owner is no longer a member")
+                continue
+            for start in range(0, len(messages), BATCH):
+                delivered += await self._send(peer.url, owner, messages[start : start + BATCH])
         return delivered
 
     async def _send(self, url: str, owner: str, batch: list[dict[str, Any]]) -> int:
