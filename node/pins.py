@@ -26,6 +26,8 @@ from priv_network.wire import ItemInfo
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY = 16  # blocks between progress records while a pin is fetched
+
 
 class Pins:
     def __init__(self, *, store: CmaStore, blobs: BlobStore, executor: Executor, budget: int) -> None:
@@ -33,18 +35,28 @@ class Pins:
         self._blobs = blobs
         self._executor = executor
         self.budget = budget
+        self._fetching: dict[str, dict[str, Any]] = {}
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def _current(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A pin's row with the progress of a fetch under way (recorded in the database only now and then)."""
+        live = self._fetching.get(row["content_hash"])
+        if live is not None and row["state"] != "complete":
+            row = {**row, "verified_bytes": live["verified_bytes"]}
+        return row
+
     async def list(self) -> list[dict[str, Any]]:
-        return await self._store.list_pins()
+        return [self._current(r) for r in await self._store.list_pins()]
 
     async def get(self, content_hash: str) -> dict[str, Any] | None:
-        return await self._store.get_pin(content_hash)
+        row = await self._store.get_pin(content_hash)
+        return self._current(row) if row is not None else None
 
     async def begin(self, item: ItemInfo, manifest: bytes) -> int:
         """Start or resume pinning ``item``; returns the verified bytes already on disk."""
+        self._fetching.pop(item.content_hash, None)
         if len(manifest) != HASH_LEN * block_count(item.size, item.block_size):
             raise InvalidInput("manifest does not fit the item")
         row = await self._store.get_pin(item.content_hash)
@@ -99,10 +111,18 @@ class Pins:
             raise InsufficientStorage("the pin budget is full of pins that are still being fetched")
 
     async def write_block(self, content_hash: str, index: int, data: bytes) -> int:
-        """Write one block the manager fetched; checked again here. Returns verified bytes."""
-        row = await self._store.get_pin(content_hash)
+        """Write one block the manager fetched; checked again here. Returns verified bytes.
+
+        The pin's row is kept in memory while it is fetched, and progress is
+        recorded every few blocks: a resume checks the partial copy on disk
+        block by block anyway, so the recorded figure may lag behind safely.
+        """
+        row = self._fetching.get(content_hash)
         if row is None:
-            raise NotFound("no such pin (it was removed)")
+            row = await self._store.get_pin(content_hash)
+            if row is None:
+                raise NotFound("no such pin (it was removed)")
+            self._fetching[content_hash] = row
         bs = int(row["block_size"])
         offset = index * bs
         if offset != int(row["verified_bytes"]):
@@ -112,10 +132,13 @@ class Pins:
             raise InvalidInput(f"block {index} does not match the manifest")
         await self._run(self._blobs.write_pin_block, content_hash, offset, data)
         done = offset + len(data)
-        await self._store.update_pin(content_hash, {"verified_bytes": done})
+        row["verified_bytes"] = done
+        if index % PROGRESS_EVERY == 0 or done == int(row["size"]):
+            await self._store.update_pin(content_hash, {"verified_bytes": done})
         return done
 
     async def finish(self, content_hash: str) -> None:
+        self._fetching.pop(content_hash, None)
         row = await self._store.get_pin(content_hash)
         if row is None:
             raise NotFound("no such pin (it was removed)")
@@ -128,7 +151,11 @@ class Pins:
         log.info("pinned %s (%s) complete and verified", row["title"], content_hash[:12])
 
     async def fail(self, content_hash: str, error: str) -> None:
-        await self._store.update_pin(content_hash, {"error": error[:300]})
+        row = self._fetching.pop(content_hash, None)
+        values: dict[str, Any] = {"error": error[:300]}
+        if row is not None:
+            values["verified_bytes"] = row["verified_bytes"]
+        await self._store.update_pin(content_hash, values)
 
     async def set_visibility(self, content_hash: str, visibility: str) -> None:
         await self._store.update_pin(content_hash, {"visibility": visibility}, publish=True)
@@ -143,6 +170,7 @@ class Pins:
         )
 
     async def remove(self, content_hash: str) -> None:
+        self._fetching.pop(content_hash, None)
         if await self._store.get_pin(content_hash) is None:
             raise NotFound("no such pin")
         blob_free = await self._store.delete_pin(content_hash)

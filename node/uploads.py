@@ -100,6 +100,18 @@ def _int_header(request: web.Request, name: str) -> int | None:
     return int(raw)
 
 
+def _pwritev_from(fd: int, chunks: list[bytes], skip: int, offset: int) -> int:
+    """pwritev of ``chunks`` without their first ``skip`` bytes, at ``offset``; returns bytes written."""
+    views: list[memoryview] = []
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        views.append(memoryview(chunk)[skip:])
+        skip = 0
+    return os.pwritev(fd, views[:1024], offset)
+
+
 class Uploads:
     def __init__(
         self,
@@ -206,27 +218,37 @@ class Uploads:
         fd = await self._run(os.open, str(self.path(upload_id)), os.O_WRONLY)
         position = int(row["offset"])
         written = 0
-        pending = bytearray()
+        pending: list[bytes] = []  # chunks as received, written with one pwritev (no copies in Python)
+        pending_size = 0
+
+        async def flush() -> None:
+            nonlocal written, pending_size
+            offset = position + written
+            done = 0
+            while done < pending_size:  # pwritev may write less than asked
+                done += await self._run(_pwritev_from, fd, pending, done, offset + done)
+            written += pending_size
+            pending.clear()
+            pending_size = 0
+
         try:
             try:
                 async for chunk in body.iter_chunked(1024 * 1024):
-                    if written + len(pending) + len(chunk) > room:
+                    if written + pending_size + len(chunk) > room:
                         raise InvalidInput("the body goes past Upload-Length")
                     if hasher is not None:
                         hasher.update(chunk)
-                    pending += chunk
-                    if len(pending) >= WRITE_CHUNK:
-                        await self._run(os.pwrite, fd, bytes(pending), position + written)
-                        written += len(pending)
-                        pending.clear()
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= WRITE_CHUNK:
+                        await flush()
             except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
                 if hasher is not None:
                     await self._run(os.ftruncate, fd, position)
                     raise BadRequest("the connection was cut; the partial chunk was discarded") from None
-                log.info("upload %s cut after %d bytes: %s", upload_id, written + len(pending), type(exc).__name__)
+                log.info("upload %s cut after %d bytes: %s", upload_id, written + pending_size, type(exc).__name__)
             if pending:
-                await self._run(os.pwrite, fd, bytes(pending), position + written)
-                written += len(pending)
+                await flush()
             await self._run(os.fsync, fd)
         except (InvalidInput, asyncio.CancelledError):
             # Cancelled (client gone under handler_cancellation, or shutdown): the offset was not
