@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,16 +63,6 @@ class BlobStore:
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
-
-    def used_bytes(self) -> int:
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.blob_dir):
-            for name in files:
-                try:
-                    total += os.stat(os.path.join(dirpath, name)).st_size
-                except FileNotFoundError:
-                    continue
-        return total
 
     def _check_space(self, size: int) -> None:
         free = self.free_bytes()
@@ -283,9 +272,6 @@ class BlobStore:
     def delete(self, content_hash: str) -> None:
         self.blob_path(content_hash).unlink(missing_ok=True)
         self.poster_path(content_hash).unlink(missing_ok=True)
-
-    def wipe(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _read_full(fd: int, view: memoryview) -> int:

@@ -21,7 +21,7 @@ from node.blobs import BlobStore, StoredBlob
 from node.probe import ProbeResult, probe
 from node.store import CmaStore
 from priv_network import __version__
-from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, Unauthorized
+from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
 from priv_network.identity import normalize_node_id
 from priv_network.interfaces import (
     ChangeListener,
@@ -656,12 +656,6 @@ class ContentManager:
     async def end_session(self, token: str) -> None:
         self._tokens.pop(_token_hash(token), None)
         await self._store.delete_token_by_hash(_token_hash(token))
-
-    async def require(self, token: str) -> Principal:
-        principal = await self.authenticate(token)
-        if principal is None:
-            raise Unauthorized("invalid or expired token")
-        return principal
 
 
 def _check_title(title: str) -> str:

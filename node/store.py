@@ -373,10 +373,6 @@ class CmaStore:
             used = (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == content_hash))).first()
             return used is None
 
-    async def blob_known(self, content_hash: str) -> bool:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(blobs.c.hash).where(blobs.c.hash == content_hash))).first() is not None
-
     # -- share links --------------------------------------------------------
     async def insert_share(self, values: dict[str, Any]) -> None:
         async with self.engine.begin() as conn:
