@@ -1,6 +1,6 @@
 """Streaming benchmark: GET /api/v1/items/{id}/content of a real node vs nginx.
 
-    .venv/bin/python bench/stream.py [--rounds 5] [--seconds 3] [--prototype]
+    .venv/bin/python bench/stream.py [--rounds 5] [--seconds 3]
 
 Sets up a real node (``priv-network init``, ``serve`` pinned to core 0,
 ``add`` of a 1 GiB file), and nginx (Debian ``nginx-light``: one worker,
@@ -17,9 +17,6 @@ Figures and goals:
 * random 1 MiB ranges, 32 concurrent clients (requests/s): node / nginx >= 0.8
 * node RSS growth while 32 clients stream the whole file: < 100 MiB
 
-``--prototype [OPTIONS]`` (repeatable) also measures bench/_proto_serve.py:
-the node with the changes docs/benchmarks.md recommends, patched into that
-process only (OPTIONS: ``cache``, ``fd``, ``reqid``, ``direct``; default all).
 Besides the rates, every figure is also given per second of server CPU
 (psutil), which the machine's other load disturbs much less.
 """
@@ -28,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -172,20 +168,9 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=32, help="concurrent clients for ranges and memory (default 32)")
     ap.add_argument("--memory-seconds", type=float, default=8.0, help="length of the memory run (default 8)")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare aiohttp reference server")
-    ap.add_argument(
-        "--prototype",
-        action="append",
-        metavar="OPTIONS",
-        nargs="?",
-        const="cache,fd,reqid,direct",
-        help="also measure bench/_proto_serve.py with these PN_BENCH_PROTO options "
-        "(default cache,fd,reqid,direct); repeat for several variants",
-    )
     args = ap.parse_args()
-    # Default settings (with or without --prototype) give the documented figures: bench/out/NAME.json.
-    standard = {k: v for k, v in vars(args).items() if k != "prototype"} == {
-        k: v for k, v in vars(ap.parse_args([])).items() if k != "prototype"
-    }
+    # Default settings give the documented figures: bench/out/NAME.json.
+    standard = vars(args) == vars(ap.parse_args([]))
     args.rounds = max(1, min(args.rounds, 50))
     args.seconds = max(0.5, min(args.seconds, 60.0))
     args.memory_seconds = max(1.0, min(args.memory_seconds, 120.0))
@@ -204,15 +189,6 @@ def main() -> int:
         assert node.proc is not None
         servers = [Server("node", node.port, node.token, item["content_url"], node.proc.pid)]
 
-        for i, options in enumerate(args.prototype or []):
-            proto = Node(root / f"proto{i}")
-            env = {**os.environ, "PN_BENCH_PROTO": options}
-            cmd = [PYTHON, str(BENCH / "_proto_serve.py"), "--data", str(proto.data), "serve"]
-            proc = proto.serve(core=SERVER_CORE, command=cmd, env=env)
-            procs.append(proc)
-            proto_item = proto.add(src)[0]
-            read_through(proto.blob_path(proto_item["content_hash"]))
-            servers.append(Server(f"node+{options}", proto.port, proto.token, proto_item["content_url"], proc.pid))
         src.unlink()
         read_through(blob)
 

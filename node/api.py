@@ -19,6 +19,7 @@ from node.network import Network
 from node.pins import Pins
 from node.plex import PlexImport
 from node.service import ContentManager, check_visibility
+from node.serving import FileServe, OpenFiles
 from node.shares import Shares
 from node.traffic import Traffic
 from node.users import Users
@@ -33,21 +34,9 @@ from priv_network.wire import ItemInfo, RosterEvent, check_item_id
 MAX_ANNOUNCED_EVENTS = 16
 MAX_INBOX = 1000
 
-# One satisfiable-looking byte range. Anything else (other units, several
-# ranges, garbage) is ignored and the whole file is sent with 200, as RFC 9110
-# section 14.2 allows; a well-formed range past the end gets 416.
-# The pattern is exactly what aiohttp accepts (ASCII digits, no spaces around "="), so that
-# nothing this lets through is turned into a 416 by aiohttp's stricter parser.
+# One byte range, as priv_network.ranges honours it (used to tell where a share
+# link download starts; the response itself is built by node.serving).
 _SINGLE_RANGE = re.compile(r"^\s*bytes=(\d+-\d*|-\d+)\s*$", re.ASCII)
-
-
-def _is_single_range(value: str) -> bool:
-    """A range to honour; "bytes=10-5" (last before first) is invalid and ignored too, not a 416."""
-    match = _SINGLE_RANGE.match(value)
-    if match is None:
-        return False
-    first, _, last = match.group(1).partition("-")
-    return not (first and last and int(last) < int(first))
 
 
 def item_json(item: ItemInfo) -> dict[str, Any]:
@@ -71,45 +60,11 @@ def report_json(report: IngestReport) -> dict[str, Any]:
     }
 
 
-class _RangeSafeFileResponse(web.FileResponse):
-    """FileResponse that serves 200 for a Range header it should ignore."""
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        if self.prepared:
-            # send_counted() sends the file inside the handler, and aiohttp calls prepare()
-            # again on the returned response; unlike StreamResponse's, FileResponse's prepare
-            # is not idempotent (it would send the body again or fail on set_status).
-            return await web.StreamResponse.prepare(self, request)
-        value = request.headers.get(hdrs.RANGE)
-        if value is not None and (not _is_single_range(value) or not await self._if_range_holds(request)):
-            headers = request.headers.copy()
-            del headers[hdrs.RANGE]
-            headers.pop(hdrs.IF_RANGE, None)
-            request = request.clone(headers=headers)
-        return await super().prepare(request)
-
-    async def _if_range_holds(self, request: web.BaseRequest) -> bool:
-        """Compare an entity-tag If-Range (RFC 9110 section 13.1.5, strong comparison).
-
-        aiohttp only understands an HTTP date there and would otherwise send a
-        206 for a stale tag, splicing bytes of two versions in the client's cache.
-        """
-        validator = request.headers.get(hdrs.IF_RANGE, "").strip()
-        if not validator.startswith(('"', "W/")):
-            return True  # absent, or a date: aiohttp handles it
-        try:
-            st = await asyncio.get_running_loop().run_in_executor(None, self._path.stat)
-        except OSError:
-            return True  # FileResponse answers the missing file itself
-        # The same strong tag FileResponse sends; a weak tag never matches.
-        return validator == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
-def file_response(f: ContentFile, *, immutable: bool = False) -> web.FileResponse:
+def file_response(f: ContentFile, files: OpenFiles, *, immutable: bool = False) -> FileServe:
     headers = content_headers(f.mime)
     if immutable:
         headers[hdrs.CACHE_CONTROL] = "private, max-age=31536000, immutable"
-    return _RangeSafeFileResponse(f.path, chunk_size=256 * 1024, headers=headers)
+    return FileServe(f.path, files, headers=headers)
 
 
 def ttl_seconds(body: dict[str, Any], default: str = "24h") -> float:
@@ -124,10 +79,8 @@ def ttl_seconds(body: dict[str, Any], default: str = "24h") -> float:
     return seconds
 
 
-async def send_counted(
-    request: web.Request, response: web.FileResponse, traffic: Traffic, subject: str
-) -> web.FileResponse:
-    """Send a file now and count its bytes (FileResponse sends it all in prepare, with sendfile)."""
+async def send_counted(request: web.Request, response: FileServe, traffic: Traffic, subject: str) -> FileServe:
+    """Send a file now and count its bytes (FileServe sends it all in prepare, with sendfile)."""
     await response.prepare(request)
     if response.status < 300:
         await traffic.add(subject, "sent", response.content_length or 0)
@@ -137,9 +90,10 @@ async def send_counted(
 class ShareApi:
     """Share links: created and managed by the owner; opened by anyone with the link."""
 
-    def __init__(self, shares: Shares, traffic: Traffic) -> None:
+    def __init__(self, shares: Shares, traffic: Traffic, files: OpenFiles) -> None:
         self.shares = shares
         self.traffic = traffic
+        self.files = files
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
@@ -174,7 +128,7 @@ class ShareApi:
     async def download(self, request: web.Request) -> web.StreamResponse:
         starts_at_zero = _range_start(request.headers.get(hdrs.RANGE)) == 0
         share_id, f = await self.shares.open(request.match_info["token"], counts=starts_at_zero)
-        response = file_response(f)
+        response = file_response(f, self.files)
         response.headers[hdrs.CONTENT_DISPOSITION] = "attachment"
         response.headers[hdrs.CACHE_CONTROL] = "no-store"
         return await send_counted(request, response, self.traffic, f"share:{share_id}")
@@ -199,7 +153,10 @@ class ItemsApi:
         traffic: Traffic,
         community: Community,
         broker: ContentBroker | None = None,
+        *,
+        files: OpenFiles,
     ) -> None:
+        self.files = files
         self.community = community
         self.cma = cma
         self.pins = pins
@@ -297,9 +254,9 @@ class ItemsApi:
             remote = await self.broker.item(item_id)
             pinned = await self.pins.local_file(remote.content_hash)
             if pinned is not None:
-                return file_response(pinned, immutable=True)
+                return file_response(pinned, self.files, immutable=True)
             return await self.broker.stream(request, item_id)
-        return file_response(f, immutable=True)
+        return file_response(f, self.files, immutable=True)
 
     async def poster(self, request: web.Request) -> web.StreamResponse:
         principal_of(request)
@@ -310,7 +267,7 @@ class ItemsApi:
         f = await self.cma.poster_file(item_id)
         if not f.path.exists():
             raise NotFound("the poster is missing from the store")
-        return file_response(f, immutable=True)
+        return file_response(f, self.files, immutable=True)
 
     async def status(self, request: web.Request) -> web.Response:
         principal_of(request)
@@ -345,7 +302,9 @@ class FederationApi:
         traffic: Traffic,
         pins: Pins,
         community: Community,
+        files: OpenFiles,
     ) -> None:
+        self.files = files
         self.traffic = traffic
         self.pins = pins
         self.community = community
@@ -393,7 +352,7 @@ class FederationApi:
     async def content(self, request: web.Request) -> web.StreamResponse:
         peer = peer_of(request)
         f = await self.cma.content_file_for(request.match_info["id"], peer)
-        return await send_counted(request, file_response(f, immutable=True), self.traffic, f"peer:{peer}")
+        return await send_counted(request, file_response(f, self.files, immutable=True), self.traffic, f"peer:{peer}")
 
     async def manifest(self, request: web.Request) -> web.Response:
         item, blocks = await self.cma.manifest_for(request.match_info["id"], peer_of(request))
@@ -411,7 +370,7 @@ class FederationApi:
         """A verified copy this node holds (pinned), for members the owner's rules let see it."""
         peer = peer_of(request)
         f = await self.pins.file_for(request.match_info["hash"], peer)
-        return await send_counted(request, file_response(f, immutable=True), self.traffic, f"peer:{peer}")
+        return await send_counted(request, file_response(f, self.files, immutable=True), self.traffic, f"peer:{peer}")
 
     async def blob_manifest(self, request: web.Request) -> web.Response:
         peer = peer_of(request)
@@ -430,7 +389,7 @@ class FederationApi:
 
     async def poster(self, request: web.Request) -> web.StreamResponse:
         f = await self.cma.poster_file_for(request.match_info["id"], peer_of(request))
-        return file_response(f)
+        return file_response(f, self.files)
 
     async def join(self, request: web.Request) -> web.Response:
         body = await json_body(request)

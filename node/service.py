@@ -242,11 +242,10 @@ class ContentManager:
         return [self._info(r) for r in await self._store.list_items(limit, offset)]
 
     async def content_file(self, item_id: str) -> ContentFile:
-        row = await self._row(item_id)
-        item = self._info(row)
+        row = await self._row(item_id)  # straight from the row: this runs for every range request
         external = row["external_path"]
-        path = Path(external) if external else self._blobs.blob_path(item.content_hash)
-        return ContentFile(path=path, mime=item.mime, size=item.size, etag=item.content_hash)
+        path = Path(external) if external else self._blobs.blob_path(row["content_hash"])
+        return ContentFile(path=path, mime=row["mime"], size=int(row["size"]), etag=row["content_hash"])
 
     async def poster_file(self, item_id: str) -> ContentFile:
         item = await self.get_item(item_id)

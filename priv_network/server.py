@@ -31,6 +31,7 @@ from node.network import Network
 from node.pins import Pins
 from node.plex import PlexImport
 from node.service import ContentManager
+from node.serving import OpenFiles
 from node.shares import Shares
 from node.store import CmaStore
 from node.traffic import Traffic
@@ -156,6 +157,7 @@ class Node:
         self.engine = engine or db.create_engine(config.database_url)
         self.executor = ThreadPoolExecutor(max_workers=config.store.hash_workers + 2, thread_name_prefix="pn-worker")
         self.blobs = BlobStore(config.store_path, config.store.block_size, config.store.min_free)
+        self.open_files = OpenFiles()  # blob files kept open for the content endpoints
         self.cma_store = CmaStore(self.engine)
         self.cma = ContentManager(
             store=self.cma_store,
@@ -404,6 +406,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         await node.community_service.close()
         await node.pinner.close()
         await node.registry.close()
+        await node.open_files.close()
 
     async def scheduler(app: web.Application) -> AsyncIterator[None]:
         sched = AsyncIOScheduler()
@@ -475,8 +478,8 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
 
     app.cleanup_ctx.extend([database, http_client, services, scheduler])
     for routes in (
-        ItemsApi(node.cma, node.pins, node.traffic, node.community, node.broker).routes(),
-        ShareApi(node.shares, node.traffic).routes(),
+        ItemsApi(node.cma, node.pins, node.traffic, node.community, node.broker, files=node.open_files).routes(),
+        ShareApi(node.shares, node.traffic, node.open_files).routes(),
         UploadsApi(node.uploads).routes(),
         DownloadsApi(node.downloads).routes(),
         ImportApi(node.plex, node.folders).routes(),
@@ -490,6 +493,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             traffic=node.traffic,
             pins=node.pins,
             community=node.community,
+            files=node.open_files,
         ).routes(),
         CommunityApi(node.community_service).routes(),
         NetworkApi(node.network, config.key_path).routes(),

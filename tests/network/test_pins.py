@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import os
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from aiohttp import web_fileresponse
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp import web
 
-from node.api import _RangeSafeFileResponse
+from node.serving import FileServe
+from priv_network.ranges import ByteRange
 from tests.network.conftest import NetNode, Network, eventually, group, write_file
 
 BS = 64 * 1024
@@ -77,17 +79,14 @@ class Throttle:
 def throttle(monkeypatch: pytest.MonkeyPatch) -> Iterator[Throttle]:
     """Serve /federation/v1/content/ bodies through a gated copy loop instead of sendfile."""
     gate = Throttle(limit=0)
-    original = _RangeSafeFileResponse._sendfile_fallback
+    original = FileServe._sendfile
 
-    async def gated(
-        self: _RangeSafeFileResponse, writer: AbstractStreamWriter, fobj: IO[Any], offset: int, count: int
-    ) -> AbstractStreamWriter:
-        request = self._req
-        if request is None or not request.path.startswith("/federation/v1/content/"):
-            return await original(self, writer, fobj, offset, count)
+    async def gated(self: FileServe, request: web.BaseRequest, fobj: io.BufferedReader, span: ByteRange) -> None:
+        if not request.path.startswith("/federation/v1/content/"):
+            return await original(self, request, fobj, span)
+        offset, count = span.start, span.length
         gate.requests.append((offset, count))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, fobj.seek, offset)
         pos, stop = offset, offset + count
         while pos < stop:
             if pos >= gate.limit and not gate.release.is_set():
@@ -98,14 +97,11 @@ def throttle(monkeypatch: pytest.MonkeyPatch) -> Iterator[Throttle]:
                 request.transport.abort()
                 raise ConnectionResetError("the node went down")
             end = stop if pos >= gate.limit else min(stop, gate.limit)
-            chunk = await loop.run_in_executor(None, fobj.read, min(BS, end - pos))
-            await writer.write(chunk)
+            chunk = await loop.run_in_executor(None, os.pread, fobj.fileno(), min(BS, end - pos), pos)
+            await self.write(chunk)
             pos += len(chunk)
-        await writer.drain()
-        return writer
 
-    monkeypatch.setattr(web_fileresponse, "NOSENDFILE", True)
-    monkeypatch.setattr(_RangeSafeFileResponse, "_sendfile_fallback", gated)
+    monkeypatch.setattr(FileServe, "_sendfile", gated)
     yield gate
     gate.cut = False
     gate.release.set()
