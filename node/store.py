@@ -304,17 +304,47 @@ class CmaStore:
                 return False
             await conn.execute(sa.insert(roster_events).values(**event))
             await self._record_change(conn, "roster", event["id"], "upsert", time.time())
-            if member is not None:
-                current = (
-                    await conn.execute(
-                        sa.select(members.c.event_at, members.c.event_id).where(members.c.node_id == member["node_id"])
-                    )
-                ).first()
-                newer = current is None or (member["event_at"], member["event_id"]) > (current[0], current[1])
-                if newer:
-                    await conn.execute(sa.delete(members).where(members.c.node_id == member["node_id"]))
-                    await conn.execute(sa.insert(members).values(**member))
+            if member is not None and await self._roster_event_decides(conn, event, member):
+                await conn.execute(sa.delete(members).where(members.c.node_id == member["node_id"]))
+                await conn.execute(sa.insert(members).values(**member))
             return True
+
+    @staticmethod
+    async def _roster_event_decides(conn: AsyncConnection, event: dict[str, Any], member: dict[str, Any]) -> bool:
+        """Does this event set the member's state? The latest event does, with two exceptions.
+
+        A node's own announcement of itself never outranks its removal, whatever their
+        dates (it may have heard of the removal late, or not at all), and cannot bring a
+        removed node back. Only an "add" by another member (an invite made after the
+        removal) can, and a removal older than such an add no longer applies.
+        """
+        current = (
+            await conn.execute(
+                sa.select(members.c.event_at, members.c.event_id, members.c.active).where(
+                    members.c.node_id == member["node_id"]
+                )
+            )
+        ).first()
+        newer = current is None or (member["event_at"], member["event_id"]) > (current[0], current[1])
+        subject = event["subject"]
+        if event["type"] == "remove":
+            rejoined = await conn.execute(
+                sa.select(roster_events.c.id)
+                .where(
+                    roster_events.c.subject == subject,
+                    roster_events.c.type == "add",
+                    roster_events.c.signer != subject,
+                    sa.or_(
+                        roster_events.c.at > event["at"],
+                        sa.and_(roster_events.c.at == event["at"], roster_events.c.id > event["id"]),
+                    ),
+                )
+                .limit(1)
+            )
+            return rejoined.first() is None
+        if event["type"] == "add" and event["signer"] == subject and current is not None and not current[2]:
+            return False
+        return newer
 
     async def touch_member(self, node_id: str, at: float) -> None:
         async with self.engine.begin() as conn:

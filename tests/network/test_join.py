@@ -46,7 +46,7 @@ def assert_refusal(reply: Any, status: int, words: str) -> None:
     assert words in message, message
 
 
-def self_add(identity: NodeIdentity, name: str, url: str) -> RosterEvent:
+def self_add(identity: NodeIdentity, name: str, url: str, at: float | None = None) -> RosterEvent:
     event = RosterEvent(
         id=secrets.token_hex(16),
         type="add",
@@ -55,7 +55,7 @@ def self_add(identity: NodeIdentity, name: str, url: str) -> RosterEvent:
         url=url,
         public_key=b64u(identity.public.public_key),
         signer=identity.node_id,
-        at=time.time(),
+        at=time.time() if at is None else at,
     )
     return RosterEvent(**{**event.__dict__, "sig": b64u(identity.sign(event.signing_bytes()))})
 
@@ -246,3 +246,25 @@ async def test_a_removed_member_cannot_announce_itself_back_in(network: Network)
         assert resp.status < 500
     assert (await a.members())[b.node_id]["active"] is False
     assert await a.peers() == {}
+
+
+async def test_a_removal_outranks_a_newer_self_introduction(network: Network) -> None:
+    """C hears B introduce itself (dated after its removal) before it hears A remove B: B stays out."""
+    a = await network.node("alpha")
+    b = await network.node("beta")
+    c = await network.node("gamma")
+    await group(a, b, c)
+    later = self_add(b.identity, "beta", b.url, at=time.time() + 30)
+    async with c.session.post(c.url + "/federation/v1/roster", json={"events": [later.to_json()]}) as resp:
+        assert resp.status < 300
+    assert (await c.members())[b.node_id]["active"] is True
+
+    await a.api("DELETE", f"/api/v1/network/members/{b.node_id}")
+    await c.sync()
+    assert (await c.members())[b.node_id]["active"] is False
+    assert b.node_id not in await c.peers()
+    # And B cannot talk itself back in afterwards either.
+    again = self_add(b.identity, "beta", b.url)
+    async with c.session.post(c.url + "/federation/v1/roster", json={"events": [again.to_json()]}) as resp:
+        assert resp.status < 500
+    assert (await c.members())[b.node_id]["active"] is False
