@@ -245,15 +245,9 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def measure(path: Path, queries: dict[str, list[str]], warmup: int, prototype: bool) -> dict[str, Any]:
+async def measure(path: Path, queries: dict[str, list[str]], warmup: int) -> dict[str, Any]:
     engine = db.create_engine(f"sqlite+aiosqlite:///{path}")
     store = RegistryStore(engine)
-    proto_store = None
-    if prototype:
-        from _proto_search import BoundedRankSearch
-
-        proto_store = RegistryStore(engine)
-        proto_store.search_backend = BoundedRankSearch()
     con = sqlite3.connect(path)
     baseline_sql = f"SELECT rowid FROM registry_fts WHERE registry_fts MATCH ? ORDER BY rank LIMIT {LIMIT}"
     results: dict[str, Any] = {}
@@ -261,16 +255,13 @@ async def measure(path: Path, queries: dict[str, list[str]], warmup: int, protot
         for kind in KINDS:
             for q in queries[kind][:warmup]:  # warm both paths (statement caches, pool)
                 await store.search(q, LIMIT, None)
-                if proto_store is not None:
-                    await proto_store.search(q, LIMIT, None)
                 con.execute(baseline_sql, (fts_query(q),)).fetchall()
         for kind in KINDS:
             prod: list[float] = []
             base: list[float] = []
-            proto: list[float] = []
-            cpu: dict[str, list[float]] = {"prod": [], "base": [], "proto": []}
+            cpu: dict[str, list[float]] = {"prod": [], "base": []}
             hits: list[int] = []
-            order = ["prod", "base", *(["proto"] if proto_store is not None else [])]
+            order = ["prod", "base"]
             for i, q in enumerate(queries[kind]):
                 for which in order[i % len(order) :] + order[: i % len(order)]:
                     c0 = time.process_time()
@@ -279,16 +270,11 @@ async def measure(path: Path, queries: dict[str, list[str]], warmup: int, protot
                         found = await store.search(q, LIMIT, None)
                         prod.append((time.perf_counter() - t0) * 1000)
                         hits.append(len(found))
-                    elif which == "proto":
-                        assert proto_store is not None
-                        await proto_store.search(q, LIMIT, None)
-                        proto.append((time.perf_counter() - t0) * 1000)
                     else:
                         con.execute(baseline_sql, (fts_query(q),)).fetchall()
                         base.append((time.perf_counter() - t0) * 1000)
                     cpu[which].append((time.process_time() - c0) * 1000)
             slowest = sorted(zip(prod, queries[kind], strict=True), reverse=True)[:3]
-            slowest_proto = sorted(zip(proto, queries[kind], strict=False), reverse=True)[:3]
             results[kind] = {
                 "queries": len(prod),
                 "p50_ms": pct(prod, 50),
@@ -304,11 +290,6 @@ async def measure(path: Path, queries: dict[str, list[str]], warmup: int, protot
                 "slowest": [{"query": q, "ms": ms} for ms, q in slowest],
                 "met": pct(prod, 95) < GOAL_P95_MS,
             }
-            if proto:
-                results[kind]["prototype_p50_ms"] = pct(proto, 50)
-                results[kind]["prototype_p95_ms"] = pct(proto, 95)
-                results[kind]["prototype_cpu_p95_ms"] = pct(cpu["proto"], 95)
-                results[kind]["prototype_slowest"] = [{"query": q, "ms": ms} for ms, q in slowest_proto]
             r = results[kind]
             print(
                 f"{kind:12} product   p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:7.1f} ms"
@@ -318,13 +299,6 @@ async def measure(path: Path, queries: dict[str, list[str]], warmup: int, protot
                 f" | goal p95 < {GOAL_P95_MS:g} ms: {verdict(r['met'])}",
                 flush=True,
             )
-            if proto:
-                print(
-                    f"{'':12} prototype p50 {r['prototype_p50_ms']:6.1f} ms  p95 {r['prototype_p95_ms']:7.1f} ms"
-                    f"  (CPU p95 {r['prototype_cpu_p95_ms']:6.1f} ms) (bench/_proto_search.py)"
-                    f" | goal p95 < {GOAL_P95_MS:g} ms: {verdict(r['prototype_p95_ms'] < GOAL_P95_MS)}",
-                    flush=True,
-                )
     finally:
         con.close()
         await engine.dispose()
@@ -338,12 +312,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10, help="unmeasured queries of each kind first (default 10)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached database")
-    ap.add_argument("--prototype", action="store_true", help="also measure bench/_proto_search.py")
     args = ap.parse_args()
-    # Default settings (with or without --prototype) give the documented figures: bench/out/NAME.json.
-    standard = {k: v for k, v in vars(args).items() if k != "prototype"} == {
-        k: v for k, v in vars(ap.parse_args([])).items() if k != "prototype"
-    }
+    # Default settings give the documented figures: bench/out/NAME.json.
+    standard = vars(args) == vars(ap.parse_args([]))
     args.queries = max(10, min(args.queries, 5000))
 
     print(f"search benchmark: {args.rows:,} rows, {args.queries} queries of each kind, LIMIT {LIMIT}")
@@ -365,13 +336,10 @@ def main() -> int:
     z = Zipf(vocabulary(rng), rng)
     print(f"vocabulary: {len(z.words):,} words; the commonest, {z.words[0]!r}, is {z.share(0):.1%} of all title words")
     header("RegistryStore.search (product) vs plain FTS5 MATCH ... ORDER BY rank LIMIT 50 (baseline)")
-    results = asyncio.run(measure(path, queries, args.warmup, args.prototype))
+    results = asyncio.run(measure(path, queries, args.warmup))
     header("slowest product queries")
     for kind in KINDS:
         print(f"{kind:12} " + ", ".join(f"{s['query']!r} {s['ms']:.0f} ms" for s in results[kind]["slowest"]))
-        if "prototype_slowest" in results[kind]:
-            slow = results[kind]["prototype_slowest"]
-            print(f"{'  prototype':12} " + ", ".join(f"{s['query']!r} {s['ms']:.0f} ms" for s in slow))
     ok = all(r["met"] for r in results.values())
     header("results")
     for kind in KINDS:
@@ -379,7 +347,6 @@ def main() -> int:
         print(
             f"{kind:12} p95 {r['p95_ms']:.1f} ms (baseline {r['baseline_p95_ms']:.1f} ms, ratio {r['ratio_p95']:.3f})"
             f"  goal < {GOAL_P95_MS:g} ms: {verdict(r['met'])}"
-            + (f"   [prototype p95 {r['prototype_p95_ms']:.1f} ms]" if "prototype_p95_ms" in r else "")
         )
     summary = {"rows": args.rows, "queries": args.queries, "kinds": results}
     print(f"saved {save_result('search' if standard else 'search-custom', summary)}")
