@@ -16,7 +16,9 @@ waits until P's rounds find no change anywhere.
 
 A round is ``POST /api/v1/sync`` on P (what ``priv-network sync`` sends):
 P's own feed, then one signed ``GET /federation/v1/catalog`` per peer, each
-answered with an empty page, then the after-round hooks (pins, outbox).
+answered with an empty page, then the after-round hooks (pins, outbox). With
+nothing new anywhere the registry writes once for the whole round (the last
+sync time of every source) and reads no source state.
 Measured per round: CPU time of P's process (user + system, every thread,
 from /proc), bytes on the wire per peer, wall time. Warm rounds run back to
 back (keep-alive connections reused); cold rounds wait 16 s first, past
@@ -69,8 +71,9 @@ PROFILE_UNDER = (
     "fetch_changes",
     "FeedPage.from_json",
     "apply_page",
+    "mark_synced",
     "reconcile_sources",
-    "sync_self",
+    "sync_source",
     "get_source",
     "active_peers",
     "reconcile (registry",

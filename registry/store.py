@@ -11,8 +11,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from priv_network.errors import PrivNetworkError
 from priv_network.interfaces import Peer, SearchFilters
-from priv_network.wire import FeedPage, ItemInfo
+from priv_network.wire import CommentInfo, FeedPage, ItemInfo
 from registry.models import comments, copies, entries, history, outbox, sources, view_totals
 from registry.search import Hit, backend_for, filters_clause, normalize, query_words
 
@@ -23,12 +24,61 @@ def search_text(item: ItemInfo) -> str:
     return normalize(" ".join(p for p in parts if p))
 
 
+def item_row(node_id: str, item: ItemInfo) -> dict[str, Any]:
+    """An item as a ``registry_items`` row."""
+    return {
+        "node_id": node_id,
+        "item_id": item.id,
+        "title": item.title,
+        "kind": item.kind,
+        "mime": item.mime,
+        "size": item.size,
+        "duration": item.duration,
+        "width": item.width,
+        "height": item.height,
+        "content_hash": item.content_hash,
+        "block_size": item.block_size,
+        "manifest_hash": item.manifest_hash,
+        "has_poster": item.has_poster,
+        "visibility": item.visibility,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+        "search_text": search_text(item),
+        "description": item.description,
+        "year": item.year,
+        "genres": ",".join(item.genres) or None,
+        "show": item.show,
+        "season": item.season,
+        "episode": item.episode,
+        "source": item.source[:16],
+    }
+
+
+_ROW_KEYS = tuple(item_row("", ItemInfo("", "", "", "", "", 0, "", 0, "", False, "", 0.0, 0.0)))
+
+
 class RegistryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.search_backend = backend_for(self.dialect)
         self._insert = sqlite_insert if self.dialect == "sqlite" else pg_insert
+        upsert = self._insert(entries)
+        # Insert or update a page of items in one executemany.
+        self._upsert = upsert.on_conflict_do_update(
+            index_elements=[entries.c.node_id, entries.c.item_id],
+            set_={k: getattr(upsert.excluded, k) for k in _ROW_KEYS if k not in ("node_id", "item_id")},
+        )
+        # On SQLite the rows go to the driver's executemany as tuples, in the
+        # order of the statement SQLAlchemy compiled for them: its per-row
+        # parameter processing was a third of the cost of the upsert. The
+        # values are already what the columns store (str, int, float, bool, None).
+        self._upsert_sql: str | None = None
+        self._upsert_order: tuple[str, ...] = ()
+        if self.dialect == "sqlite":
+            compiled = self._upsert.compile(dialect=engine.dialect, column_keys=list(_ROW_KEYS))
+            self._upsert_sql = str(compiled)
+            self._upsert_order = tuple(compiled.positiontup or ())
 
     async def ensure_source(self, node_id: str, name: str, url: str) -> None:
         async with self.engine.begin() as conn:
@@ -48,57 +98,29 @@ class RegistryStore:
             return [dict(r) for r in rows.mappings()]
 
     async def apply_page(self, node_id: str, page: FeedPage, *, reset: bool) -> int:
-        """Apply one verified feed page atomically; returns how many rows changed."""
+        """Apply one verified feed page atomically; returns how many rows changed.
+
+        Raises ``PrivNetworkError`` (and changes nothing) if ``node_id`` is no
+        longer a source, e.g. because the member was removed meanwhile.
+        """
         changed = 0
         backend = self.search_backend
         async with self.engine.begin() as conn:
             if reset:
-                old = [r[0] for r in await conn.execute(sa.select(entries.c.id).where(entries.c.node_id == node_id))]
-                await backend.unindex(conn, old)
-                await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
-                await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
-                await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id))
-                await conn.execute(sa.delete(view_totals).where(view_totals.c.node_id == node_id))
-            upserts: list[dict[str, Any]] = []
-            deletes: list[str] = []
+                await self._drop_rows(conn, node_id)
+            # The last entry for an item decides (a well-formed feed has one per item).
+            items: dict[str, ItemInfo | None] = {}
+            thread_rows: dict[str, dict[str, Any] | None] = {}  # comments: a row, or None for a deletion
+            totals: dict[str, int | None] = {}  # view totals per item
             for entry in page.entries:
                 if entry.entity == "roster":
                     continue
                 if entry.entity == "comment":
-                    await conn.execute(
-                        sa.delete(comments).where(comments.c.node_id == node_id, comments.c.comment_id == entry.id)
-                    )
-                    if entry.comment is not None:
-                        c = entry.comment
-                        await conn.execute(
-                            sa.insert(comments).values(
-                                node_id=node_id,
-                                comment_id=c.id,
-                                item_id=c.item,
-                                parent_id=c.parent,
-                                depth=c.depth,
-                                author=c.author,
-                                author_node=c.author_node,
-                                author_node_name=c.author_node_name,
-                                body=c.body,
-                                created_at=c.created_at,
-                                edited_at=c.edited_at,
-                                deleted=c.deleted,
-                            )
-                        )
-                    changed += 1
+                    c = entry.comment
+                    thread_rows[entry.id] = None if c is None else _comment_row(node_id, c)
                     continue
                 if entry.entity == "views":
-                    await conn.execute(
-                        sa.delete(view_totals).where(
-                            view_totals.c.node_id == node_id, view_totals.c.item_id == entry.id
-                        )
-                    )
-                    if entry.total is not None:
-                        await conn.execute(
-                            sa.insert(view_totals).values(node_id=node_id, item_id=entry.id, total=entry.total)
-                        )
-                    changed += 1
+                    totals[entry.id] = entry.total
                     continue
                 if entry.entity == "copy":
                     await conn.execute(
@@ -108,41 +130,23 @@ class RegistryStore:
                         await conn.execute(sa.insert(copies).values(node_id=node_id, content_hash=entry.id))
                     changed += 1
                     continue
-                if entry.item is None:
-                    deletes.append(entry.id)
-                    continue
-                item = entry.item
-                upserts.append(
-                    {
-                        "node_id": node_id,
-                        "item_id": item.id,
-                        "title": item.title,
-                        "kind": item.kind,
-                        "mime": item.mime,
-                        "size": item.size,
-                        "duration": item.duration,
-                        "width": item.width,
-                        "height": item.height,
-                        "content_hash": item.content_hash,
-                        "block_size": item.block_size,
-                        "manifest_hash": item.manifest_hash,
-                        "has_poster": item.has_poster,
-                        "visibility": item.visibility,
-                        "created_at": item.created_at,
-                        "updated_at": item.updated_at,
-                        "search_text": search_text(item),
-                        "description": item.description,
-                        "year": item.year,
-                        "genres": ",".join(item.genres) or None,
-                        "show": item.show,
-                        "season": item.season,
-                        "episode": item.episode,
-                        "source": item.source[:16],
-                    }
-                )
+                items[entry.id] = entry.item
+            changed += await self._apply_community(conn, node_id, thread_rows, totals)
+            deletes = [item_id for item_id, item in items.items() if item is None]
+            upserts = [item_row(node_id, item) for item in items.values() if item is not None]
             changed += await self._delete_items(conn, node_id, deletes)
-            changed += await self._upsert_items(conn, node_id, upserts)
-            await conn.execute(
+            if upserts:
+                ids = [row["item_id"] for row in upserts]
+                if not reset:  # after a reset there is nothing to unindex
+                    await backend.unindex_items(conn, node_id, ids)
+                if self._upsert_sql is not None:
+                    order = self._upsert_order
+                    await conn.exec_driver_sql(self._upsert_sql, [tuple(map(r.__getitem__, order)) for r in upserts])
+                else:
+                    await conn.execute(self._upsert, upserts)
+                await backend.index_items(conn, node_id, ids)
+                changed += len(upserts)
+            result = await conn.execute(
                 sa.update(sources)
                 .where(sources.c.node_id == node_id)
                 .values(
@@ -155,52 +159,55 @@ class RegistryStore:
                     last_error=None,
                 )
             )
+            if result.rowcount != 1:
+                raise PrivNetworkError(f"unknown source {node_id}")  # rolls the page back
         return changed
+
+    async def mark_synced(self, synced: dict[str, float]) -> None:
+        """Sources that answered with nothing new: online, no failures, last synced at the given times.
+
+        One statement for a whole round of idle polls (a page that changes
+        something is recorded by ``apply_page`` with its rows).
+        """
+        if not synced:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(sources)
+                .where(sources.c.node_id == sa.bindparam("source"))
+                .values(
+                    online=True,
+                    last_sync_at=sa.bindparam("at"),
+                    failures=0,
+                    next_retry_at=None,
+                    last_error=None,
+                ),
+                [{"source": node_id, "at": at} for node_id, at in synced.items()],
+            )
+
+    async def _drop_rows(self, conn: AsyncConnection, node_id: str) -> None:
+        """Everything a node published (its items, their index entries, copies, comments, views)."""
+        await self.search_backend.unindex_items(conn, node_id, None)
+        await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
+        await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
+        await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id))
+        await conn.execute(sa.delete(view_totals).where(view_totals.c.node_id == node_id))
 
     async def _delete_items(self, conn: AsyncConnection, node_id: str, item_ids: list[str]) -> int:
         """Remove items (and their comments and views) in bulk."""
         removed = 0
         for start in range(0, len(item_ids), 500):
             chunk = item_ids[start : start + 500]
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    sa.select(entries.c.id).where(entries.c.node_id == node_id, entries.c.item_id.in_(chunk))
-                )
-            ]
-            if ids:
-                await self.search_backend.unindex(conn, ids)
-                await conn.execute(sa.delete(entries).where(entries.c.id.in_(ids)))
-                removed += len(ids)
+            await self.search_backend.unindex_items(conn, node_id, chunk)
+            result = await conn.execute(
+                sa.delete(entries).where(entries.c.node_id == node_id, entries.c.item_id.in_(chunk))
+            )
+            removed += result.rowcount
             await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id, comments.c.item_id.in_(chunk)))
             await conn.execute(
                 sa.delete(view_totals).where(view_totals.c.node_id == node_id, view_totals.c.item_id.in_(chunk))
             )
         return removed
-
-    async def _upsert_items(self, conn: AsyncConnection, node_id: str, rows: list[dict[str, Any]]) -> int:
-        """Insert or update items in bulk (one statement per page), then index their text."""
-        if not rows:
-            return 0
-        stmt = self._insert(entries)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[entries.c.node_id, entries.c.item_id],
-            set_={k: getattr(stmt.excluded, k) for k in rows[0] if k not in ("node_id", "item_id")},
-        )
-        await conn.execute(stmt, rows)
-        texts = {r["item_id"]: r["search_text"] for r in rows}
-        indexed: list[tuple[int, str]] = []
-        item_ids = list(texts)
-        for start in range(0, len(item_ids), 500):
-            chunk = item_ids[start : start + 500]
-            found = await conn.execute(
-                sa.select(entries.c.id, entries.c.item_id).where(
-                    entries.c.node_id == node_id, entries.c.item_id.in_(chunk)
-                )
-            )
-            indexed.extend((rowid, texts[item_id]) for rowid, item_id in found)
-        await self.search_backend.index_many(conn, indexed)
-        return len(rows)
 
     async def record_failure(self, node_id: str, error: str, next_retry_at: float | None) -> None:
         async with self.engine.begin() as conn:
@@ -243,12 +250,7 @@ class RegistryStore:
         async with self.engine.begin() as conn:
             existing = {r[0] for r in await conn.execute(sa.select(sources.c.node_id))}
             for node_id in existing - set(wanted) - {own}:
-                old = [r[0] for r in await conn.execute(sa.select(entries.c.id).where(entries.c.node_id == node_id))]
-                await self.search_backend.unindex(conn, old)
-                await conn.execute(sa.delete(entries).where(entries.c.node_id == node_id))
-                await conn.execute(sa.delete(copies).where(copies.c.node_id == node_id))
-                await conn.execute(sa.delete(comments).where(comments.c.node_id == node_id))
-                await conn.execute(sa.delete(view_totals).where(view_totals.c.node_id == node_id))
+                await self._drop_rows(conn, node_id)
                 await conn.execute(sa.delete(sources).where(sources.c.node_id == node_id))
                 dropped.append(node_id)
             for peer in wanted.values():
@@ -313,6 +315,34 @@ class RegistryStore:
         return out
 
     # -- community ------------------------------------------------------------
+    async def _apply_community(
+        self,
+        conn: AsyncConnection,
+        node_id: str,
+        thread_rows: dict[str, dict[str, Any] | None],
+        totals: dict[str, int | None],
+    ) -> int:
+        """A page's comments and view totals: old rows out and new rows in, a statement per 500 of each."""
+        ids = list(thread_rows)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            await conn.execute(
+                sa.delete(comments).where(comments.c.node_id == node_id, comments.c.comment_id.in_(chunk))
+            )
+        new_rows = [row for row in thread_rows.values() if row is not None]
+        if new_rows:
+            await conn.execute(sa.insert(comments), new_rows)
+        item_ids = list(totals)
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            await conn.execute(
+                sa.delete(view_totals).where(view_totals.c.node_id == node_id, view_totals.c.item_id.in_(chunk))
+            )
+        new_totals = [{"node_id": node_id, "item_id": k, "total": n} for k, n in totals.items() if n is not None]
+        if new_totals:
+            await conn.execute(sa.insert(view_totals), new_totals)
+        return len(thread_rows) + len(totals)
+
     async def thread(self, node_id: str, item_id: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
@@ -383,6 +413,19 @@ class RegistryStore:
                     )
                 )
 
+    async def outbox_hold(self, node_id: str, error: str, until: float) -> None:
+        """A delivery to ``node_id`` failed: every message for it due before ``until`` waits until then.
+
+        They are due again together, so they still go out oldest first: a reply
+        never reaches the owner before the comment it answers.
+        """
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.node_id == node_id, outbox.c.attempts >= 0, outbox.c.next_attempt_at < until)
+                .values(attempts=outbox.c.attempts + 1, last_error=error[:300], next_attempt_at=until)
+            )
+
     async def outbox_reschedule(self, node_id: str) -> None:
         """The owner is back: retry its messages now."""
         async with self.engine.begin() as conn:
@@ -422,3 +465,21 @@ class RegistryStore:
                 sa.select(history).where(history.c.user == user).order_by(history.c.updated_at.desc()).limit(limit)
             )
             return [dict(r) for r in rows.mappings()]
+
+
+def _comment_row(node_id: str, c: CommentInfo) -> dict[str, Any]:
+    """A published comment as a ``registry_comments`` row."""
+    return {
+        "node_id": node_id,
+        "comment_id": c.id,
+        "item_id": c.item,
+        "parent_id": c.parent,
+        "depth": c.depth,
+        "author": c.author,
+        "author_node": c.author_node,
+        "author_node_name": c.author_node_name,
+        "body": c.body,
+        "created_at": c.created_at,
+        "edited_at": c.edited_at,
+        "deleted": c.deleted,
+    }

@@ -9,8 +9,10 @@ can sync with any page size and feed it hostile pages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+import dataclasses
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -18,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -32,12 +35,13 @@ from node.models import metadata as node_metadata
 from node.service import ContentManager
 from node.store import CmaStore
 from priv_network import db
-from priv_network.errors import InvalidInput
+from priv_network.errors import InvalidInput, PrivNetworkError
 from priv_network.identity import NodeIdentity
 from priv_network.interfaces import Peer
 from priv_network.keys import AUTHENTICATOR
+from priv_network.peerclient import PeerClient, PeerUnreachable
 from priv_network.server import create_app
-from priv_network.wire import FeedEntry, FeedPage, RosterEvent
+from priv_network.wire import MAX_PAGE, FeedEntry, FeedPage, RosterEvent
 from registry.models import entries as registry_items
 from registry.models import metadata as registry_metadata
 from registry.models import sources as registry_sources
@@ -457,7 +461,8 @@ class Stack:
     executor: ThreadPoolExecutor
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
-    def registry(self, page_size: int) -> Registry:
+    def registry(self, page_size: int, catch_up_page_size: int | None = None) -> Registry:
+        """A registry reading ``page_size`` entries per page (also in a catch-up, unless told otherwise)."""
         return Registry(
             store=self.registry_store,
             own=self.cma_catalog(),
@@ -466,6 +471,7 @@ class Stack:
             name="alice",
             url="http://127.0.0.1:1",
             page_size=page_size,
+            catch_up_page_size=catch_up_page_size or page_size,
         )
 
     def cma_catalog(self) -> CmaCatalog:
@@ -619,14 +625,14 @@ async def test_a_page_that_fails_half_way_into_the_database_is_rolled_back(
     before = await stack.registry_rows(mallory)
     fts_before = await stack.fts_rows()
     backend = stack.registry_store.search_backend
-    calls: list[list[int]] = []
+    calls: list[list[str]] = []
 
-    async def failing_index(conn: Any, rows: list[tuple[int, str]]) -> None:
+    async def failing_index(conn: Any, node_id: str, item_ids: Sequence[str]) -> None:
         # The rows are already upserted (and the deletion applied) when indexing fails.
-        calls.append([rowid for rowid, _text in rows])
+        calls.append(list(item_ids))
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(backend, "index_many", failing_index)
+    monkeypatch.setattr(backend, "index_items", failing_index)
     pages = [page_json([upsert(3, 1, "One renamed"), upsert(4, 3, "Three"), delete(5, 2)], since=2)]
     with pytest.raises(RuntimeError, match="disk on fire"):
         await stack.registry(100).sync_source(ScriptedCatalog(mallory, pages))
@@ -737,3 +743,291 @@ async def test_registry_converges_to_the_cma(
         assert (await stack.source(stack.cma.node_id))["cursor"] == (await stack.cma.changes(0, 5000)).next
         fts = await stack.fts_rows()
         assert fts is None or fts == len(expected)
+
+
+# -- catch-up: larger pages, one page of read-ahead ------------------------------------------
+
+
+class GatedCatalog(ScriptedCatalog):
+    """A peer whose answers for some cursors wait until the test lets them through (or fail)."""
+
+    def __init__(self, node_id: str, pages: list[dict[str, Any]], gates: dict[int, asyncio.Event]) -> None:
+        super().__init__(node_id, pages)
+        self.gates = gates
+        self.failures: dict[int, Exception] = {}
+        self.started: dict[int, asyncio.Event] = {since: asyncio.Event() for since in gates}
+        self.cancelled: list[int] = []
+
+    async def fetch_changes(self, since: int, limit: int) -> FeedPage:
+        if since in self.gates:
+            self.started[since].set()
+            try:
+                await self.gates[since].wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(since)
+                raise
+        if since in self.failures:
+            self.asked.append((since, limit))
+            raise self.failures[since]
+        return await super().fetch_changes(since, limit)
+
+
+def paged(first: int, count: int, per_page: int, since: int = 0) -> list[dict[str, Any]]:
+    """``count`` upserts (items ``first``...) as pages of ``per_page``, the cursor moving by one per item."""
+    pages = []
+    for start in range(0, count, per_page):
+        n = min(per_page, count - start)
+        entries = [upsert(since + start + i + 1, first + start + i, f"Item {first + start + i}") for i in range(n)]
+        pages.append(page_json(entries, since=since + start, more=start + n < count))
+    return pages
+
+
+async def test_a_catch_up_asks_for_large_pages_after_the_first(stack: Stack, mallory: str) -> None:
+    """The first request is [sync] page_size (a poll with nothing new stays small); once the peer
+    says there is more, the registry asks for pages of the largest size a node serves."""
+    pages = [*paged(10, 2, 2, since=2), *paged(12, 7, 5, since=4)]
+    pages[0]["more"] = True
+    catalog = ScriptedCatalog(mallory, pages)
+    registry = stack.registry(2, catch_up_page_size=5)
+    assert await registry.sync_source(catalog) == 9
+    assert catalog.asked == [(2, 2), (4, 5), (9, 5)]
+    assert len(await stack.registry_rows(mallory)) == 11
+    # By default the catch-up pages are as large as a node serves.
+    default = Registry(
+        store=stack.registry_store,
+        own=stack.cma_catalog(),
+        directory=NoPeers(),
+        node_id=stack.cma.node_id,
+        name="alice",
+        url="http://127.0.0.1:1",
+        page_size=2,
+    )
+    catalog = ScriptedCatalog(mallory, [page_json([upsert(12, 30)], since=11, more=True), page_json([], since=12)])
+    await default.sync_source(catalog)
+    assert catalog.asked == [(11, 2), (12, MAX_PAGE)]
+
+
+async def test_the_next_page_is_fetched_while_one_is_applied(
+    stack: Stack, mallory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    catalog = GatedCatalog(mallory, paged(10, 4, 2, since=2), {4: gate})
+    store = stack.registry_store
+    real_apply = store.apply_page
+    applied: list[int] = []
+
+    async def apply_page(node_id: str, page: FeedPage, *, reset: bool) -> int:
+        if page.since == 2:
+            # Page 2 is asked for before page 1 is in the database; let it through.
+            await asyncio.wait_for(catalog.started[4].wait(), timeout=10)
+            assert applied == []
+            gate.set()
+        applied.append(page.since)
+        return await real_apply(node_id, page, reset=reset)
+
+    monkeypatch.setattr(store, "apply_page", apply_page)
+    assert await stack.registry(2).sync_source(catalog) == 4
+    assert applied == [2, 4]
+    assert (await stack.source(mallory))["cursor"] == 6
+
+
+async def test_a_read_ahead_that_fails_leaves_the_page_before_it_applied(stack: Stack, mallory: str) -> None:
+    gate = asyncio.Event()
+    catalog = GatedCatalog(mallory, paged(10, 4, 2, since=2), {4: gate})
+    catalog.failures[4] = PeerUnreachable("cannot reach mallory: connection reset")
+    gate.set()
+    with pytest.raises(PeerUnreachable):
+        await stack.registry(2).sync_source(catalog)
+    rows = await stack.registry_rows(mallory)
+    assert {t[0] for t in rows.values()} == {"One", "Two", "Item 10", "Item 11"}
+    assert (await stack.source(mallory))["cursor"] == 4
+    assert await stack.fts_rows() in (None, 4)
+    # The next sync goes on from there.
+    catalog.failures.clear()
+    assert await stack.registry(2).sync_source(catalog) == 2
+    assert (await stack.source(mallory))["cursor"] == 6
+
+
+async def test_a_page_that_fails_to_apply_stops_the_read_ahead(
+    stack: Stack, mallory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = await stack.registry_rows(mallory)
+    fts_before = await stack.fts_rows()
+    gate = asyncio.Event()  # never set: the read-ahead is still waiting when the apply fails
+    catalog = GatedCatalog(mallory, paged(10, 4, 2, since=2), {4: gate})
+    backend = stack.registry_store.search_backend
+
+    async def failing_index(conn: Any, node_id: str, item_ids: Sequence[str]) -> None:
+        await asyncio.wait_for(catalog.started[4].wait(), timeout=10)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(backend, "index_items", failing_index)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await stack.registry(2).sync_source(catalog)
+    assert catalog.cancelled == [4]
+    assert await stack.registry_rows(mallory) == before
+    assert await stack.fts_rows() == fts_before
+    assert (await stack.source(mallory))["cursor"] == 2
+
+
+async def test_the_last_entry_for_an_item_decides(stack: Stack, mallory: str) -> None:
+    """A page naming an item twice (a feed should not, but a peer might) ends as its last entry says."""
+    pages = [
+        page_json([upsert(3, 1, "One again"), delete(4, 1), delete(5, 2), upsert(6, 2, "Two again")], since=2),
+    ]
+    await stack.registry(100).sync_source(ScriptedCatalog(mallory, pages))
+    rows = await stack.registry_rows(mallory)
+    assert {t[0] for t in rows.values()} == {"Two again"}
+    assert await stack.fts_rows() in (None, 1)
+    assert [h.item.title for h in await stack.registry(100).search("again")] == ["Two again"]
+
+
+async def test_a_page_for_a_source_removed_meanwhile_is_not_applied(stack: Stack, mallory: str) -> None:
+    page = FeedPage.from_json(page_json([upsert(3, 3, "Three")], since=2))
+    await stack.registry_store.reconcile_sources(stack.cma.node_id, [])  # mallory is no longer a member
+    with pytest.raises(PrivNetworkError, match="unknown source"):
+        await stack.registry_store.apply_page(mallory, page, reset=False)
+    assert await stack.registry_rows(mallory) == {}
+    assert await stack.fts_rows() in (None, 0)
+
+
+# -- rounds: an idle round reads and writes (almost) nothing ------------------------------------
+
+
+class Members:
+    """A PeerDirectory whose members a test sets."""
+
+    def __init__(self, peers: list[Peer]) -> None:
+        self.peers = peers
+
+    async def active_peers(self) -> list[Peer]:
+        return list(self.peers)
+
+    async def apply_roster_events(self, events: Sequence[RosterEvent], source: str) -> int:
+        return 0
+
+
+class FakePeers:
+    """Stands in for the PeerClient: each member answers its catalog from scripted pages."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[dict[str, Any]]] = {}
+        self.down: set[str] = set()
+        self.polls: list[str] = []
+
+    async def get(self, base_url: str, path: str, *, signed: bool = True) -> Any:
+        node_id = base_url.rsplit("/", 1)[-1]
+        self.polls.append(node_id)
+        if node_id in self.down:
+            raise PeerUnreachable(f"cannot reach {base_url}: connection refused")
+        since = int(parse_qs(urlsplit(path).query)["since"][0])
+        entries = [e for e in self.items.get(node_id, []) if e["seq"] > since]
+        page = page_json(entries, since=since, node=node_id)
+        if entries:
+            for entry in entries:
+                entry["item"]["node"] = node_id
+        return copy.deepcopy(page)
+
+
+class CountingStore(RegistryStore):
+    """The registry's store, counting the calls an idle round should not make."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    async def apply_page(self, node_id: str, page: FeedPage, *, reset: bool) -> int:
+        self._count("apply_page")
+        return await super().apply_page(node_id, page, reset=reset)
+
+    async def reconcile_sources(self, own: str, peers: Sequence[Peer]) -> list[str]:
+        self._count("reconcile_sources")
+        return await super().reconcile_sources(own, peers)
+
+    async def get_source(self, node_id: str) -> dict[str, Any] | None:
+        self._count("get_source")
+        return await super().get_source(node_id)
+
+    async def mark_synced(self, synced: dict[str, float]) -> None:
+        self._count("mark_synced")
+        await super().mark_synced(synced)
+
+
+async def test_an_idle_round_writes_once_and_reconciles_only_a_changed_roster(stack: Stack) -> None:
+    peers = [Peer(node_id=NodeIdentity.generate().node_id, name=f"peer{i}", url="") for i in range(3)]
+    peers = [dataclasses.replace(p, url=f"http://127.0.0.1:9/{p.node_id}") for p in peers]
+    members = Members(peers)
+    client = FakePeers()
+    store = CountingStore(stack.engine)
+    registry = Registry(
+        store=store,
+        own=stack.cma_catalog(),
+        directory=members,
+        node_id=stack.cma.node_id,
+        name="alice",
+        url="http://127.0.0.1:1",
+        page_size=100,
+    )
+    registry.set_client(cast(PeerClient, client))
+    client.items[peers[0].node_id] = [upsert(1, 1, "Ein"), upsert(2, 2, "Zwei")]
+    await stack.add("Local one")
+    first = await registry.sync_all()
+    assert first == {stack.cma.node_id: 1, peers[0].node_id: 2, peers[1].node_id: 0, peers[2].node_id: 0}
+    assert store.calls["reconcile_sources"] == 1
+
+    store.calls.clear()
+    before = {p.node_id: (await stack.source(p.node_id))["last_sync_at"] for p in peers}
+    second = await registry.sync_all()
+    assert second == dict.fromkeys(first, 0)
+    # Nothing new anywhere: no page applied, no roster work, no source read, one write for the round.
+    assert store.calls == {"mark_synced": 1}
+    for p in peers:
+        state = await stack.source(p.node_id)
+        assert state["last_sync_at"] > before[p.node_id] and state["online"]
+    assert {p["node_id"]: p["items"] for p in await registry.peers()} == {
+        peers[0].node_id: 2,
+        peers[1].node_id: 0,
+        peers[2].node_id: 0,
+    }
+
+    # A member leaves: the next round drops its source and its rows.
+    store.calls.clear()
+    members.peers = peers[1:]
+    await registry.sync_all()
+    assert store.calls["reconcile_sources"] == 1
+    assert await stack.registry_rows(peers[0].node_id) == {}
+    assert {s["node_id"] for s in await store.list_sources()} == {stack.cma.node_id, peers[1].node_id, peers[2].node_id}
+
+
+async def test_a_peer_that_fails_then_answers_with_nothing_new_is_online_again(stack: Stack) -> None:
+    peer = Peer(node_id=NodeIdentity.generate().node_id, name="bob", url="")
+    peer = dataclasses.replace(peer, url=f"http://127.0.0.1:9/{peer.node_id}")
+    client = FakePeers()
+    registry = Registry(
+        store=stack.registry_store,
+        own=stack.cma_catalog(),
+        directory=Members([peer]),
+        node_id=stack.cma.node_id,
+        name="alice",
+        url="http://127.0.0.1:1",
+        page_size=100,
+    )
+    registry.set_client(cast(PeerClient, client))
+    await registry.sync_all()
+    client.down.add(peer.node_id)
+    assert str((await registry.sync_all())[peer.node_id]).startswith("error: cannot reach")
+    state = await stack.source(peer.node_id)
+    assert (state["online"], state["failures"]) == (False, 1) and state["next_retry_at"] is not None
+    # A scheduled round leaves it alone while it is backed off; a forced one polls it.
+    client.polls.clear()
+    await registry.sync_all(force=False)
+    assert client.polls == []
+    client.down.clear()
+    assert (await registry.sync_all())[peer.node_id] == 0
+    state = await stack.source(peer.node_id)
+    assert (state["online"], state["failures"], state["next_retry_at"], state["last_error"]) == (True, 0, None, None)
+    [listed] = await registry.peers()
+    assert listed["online"] and listed["failures"] == 0 and listed["last_error"] is None

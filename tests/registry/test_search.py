@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from priv_network.db import is_sqlite
 from priv_network.identity import NodeIdentity
@@ -40,6 +44,13 @@ from tests.media import make_audio, make_image, make_video
 )
 def test_normalize(text: str, normalized: str) -> None:
     assert normalize(text) == normalized
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_normalize_takes_a_shortcut_for_ascii_with_the_same_result(text: str) -> None:
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    assert normalize(text) == " ".join(re.sub(r"[\W_]+", " ", stripped.casefold()).split())
 
 
 def test_query_words_are_bounded() -> None:
