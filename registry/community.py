@@ -30,7 +30,12 @@ from registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+# An inbox request: at most the owner's limit of messages (node/api.py, MAX_INBOX), and well
+# under its 1 MiB request limit (a comment may be 20,000 characters, up to 12 bytes each in JSON).
+BATCH = 1000
+BATCH_BYTES = 512 * 1024
+MESSAGE_OVERHEAD = 80  # {"id": ..., "kind": ..., "payload": ...} around the stored payload
+PASS_LIMIT = 10_000  # due messages read per pass
 MAX_DELIVERY_PASSES = 50
 
 
@@ -59,6 +64,7 @@ class CommunityService:
         self._refresh = refresh
         self._client: PeerClient | None = None
         self._lock = asyncio.Lock()
+        self._again = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def set_client(self, client: PeerClient) -> None:
@@ -286,36 +292,83 @@ class CommunityService:
         return min(3600.0, 2.0 * 2 ** min(attempts, 20)) * (0.5 + random.random() / 2)
 
     async def deliver(self, node_id: str | None = None) -> int:
-        """Deliver due messages, batched per owner; returns how many were accepted."""
+        """Deliver due messages, batched per owner, until nothing is due; returns how many were accepted.
+
+        One delivery runs at a time. A call while one runs (a sync round ending, a
+        new comment) does not wait for it: the running one makes another pass, so
+        a sync round is never held up by a long delivery.
+        """
         assert self._client is not None
+        if self._lock.locked():
+            self._again = True
+            return 0
         delivered = 0
         async with self._lock:
             for _ in range(MAX_DELIVERY_PASSES):  # until nothing is due (bounded, so one run ends)
+                self._again = False
                 sent = await self._deliver_pass(node_id)
                 delivered += sent
-                if not sent:
+                if self._again:
+                    node_id = None  # asked for by someone else: every owner
+                elif not sent:
                     break
         return delivered
 
     async def _deliver_pass(self, node_id: str | None) -> int:
-        """One pass over what is due now, batched per owner."""
-        delivered = 0
-        due = await self._store.outbox_due(time.time(), node_id, limit=5000)
+        """One pass over what is due now: every owner at once, each owner's messages in order."""
+        due = await self._store.outbox_due(time.time(), node_id, limit=PASS_LIMIT)
+        if not due:
+            return 0
         peers = {p.node_id: p for p in await self._directory.active_peers()}
         by_node: dict[str, list[dict[str, Any]]] = {}
         for message in due:
             by_node.setdefault(message["node_id"], []).append(message)
+        sends = []
         for owner, messages in by_node.items():
             peer = peers.get(owner)
             if peer is None:
                 for m in messages:
                     await self._store.outbox_rejected(m["id"], "the item's owner is no longer a member")
                 continue
-            for start in range(0, len(messages), BATCH):
-                delivered += await self._send(peer.url, owner, messages[start : start + BATCH])
-        return delivered
+            sends.append(self._deliver_to(peer.url, owner, messages))
+        done = await asyncio.gather(*sends, return_exceptions=True)  # every owner's run ends first
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return sum(n for n in done if isinstance(n, int))
 
-    async def _send(self, url: str, owner: str, batch: list[dict[str, Any]]) -> int:
+    async def _deliver_to(self, url: str, owner: str, messages: list[dict[str, Any]]) -> int:
+        """Send one owner its due messages, oldest first, in batches; stop at the first failure.
+
+        Stopping, and holding back all of the owner's messages until one retry time,
+        keeps the order (a later message never overtakes one that must be retried,
+        so a reply never arrives before its comment) and spares an owner that is
+        down or struggling. Accepted messages leave the outbox only after this node
+        has read them back from the owner's feed, once for the whole run, so a
+        reader never finds a comment in neither.
+        """
+        accepted: list[str] = []
+        for start, end in _batches(messages):
+            ok, failed = await self._send(url, owner, messages[start:end])
+            accepted += ok
+            if failed is not None:
+                # Everything left for this owner (in this pass or not) is due again together, in order.
+                log.info("delivery to %s failed: %s; will retry", owner, failed)
+                until = time.time() + self._backoff(int(messages[start]["attempts"]))
+                await self._store.outbox_hold(owner, failed, until)
+                break
+        if accepted:
+            try:
+                await self._refresh(owner)
+            finally:
+                await self._store.outbox_done(accepted)
+        return len(accepted)
+
+    async def _send(self, url: str, owner: str, batch: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+        """One inbox request; returns the IDs the owner accepted, and why it failed (None: it answered).
+
+        Refusals are recorded here (final); a failed request is left to the caller to retry.
+        """
         assert self._client is not None
         ids = [m["id"] for m in batch]
         body = {"messages": [{"id": m["id"], "kind": m["kind"], "payload": json.loads(m["payload"])} for m in batch]}
@@ -324,20 +377,13 @@ class CommunityService:
         except InvalidInput as exc:
             for message_id in ids:
                 await self._store.outbox_rejected(message_id, exc.message)
-            return 0
+            return [], None
         except PrivNetworkError as exc:
-            log.info("delivery to %s failed: %s; will retry", owner, exc.message)
-            await self._store.outbox_retry(ids, exc.message, self._backoff)
-            return 0
+            return [], exc.message
         results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, dict):
-            await self._store.outbox_retry(ids, "the owner answered without results", self._backoff)
-            return 0
+            return [], "the owner answered without results"
         ok = [i for i in ids if results.get(i) == "ok"]
-        if ok:
-            # Fetch them back before they leave the outbox, so a reader never sees neither.
-            await self._refresh(owner)
-        await self._store.outbox_done(ok)
         for message_id in ids:
             verdict = results.get(message_id)
             if isinstance(verdict, str) and verdict.startswith("rejected"):
@@ -346,7 +392,22 @@ class CommunityService:
         missing = [i for i in ids if i not in results]
         if missing:
             await self._store.outbox_retry(missing, "the owner did not answer for this message", self._backoff)
-        return len(ok)
+        return ok, None
+
+
+def _batches(messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches: at most BATCH messages and about BATCH_BYTES of payload each."""
+    out: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, m in enumerate(messages):
+        cost = len(m["payload"]) + MESSAGE_OVERHEAD
+        if i > start and (i - start >= BATCH or size + cost > BATCH_BYTES):
+            out.append((start, i))
+            start, size = i, 0
+        size += cost
+    if start < len(messages):
+        out.append((start, len(messages)))
+    return out
 
 
 def _thread_order(comments: list[dict[str, Any]]) -> list[dict[str, Any]]:
