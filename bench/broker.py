@@ -1,6 +1,7 @@
 """Brokered streaming and pinning of a 1 GiB file: owner -> broker -> client, with verification.
 
     .venv/bin/python bench/broker.py [--size-mib 1024] [--rounds 5] [--pin-rounds 3] [--no-profile]
+                                     [--only memory|full|ranges|pin ...]
 
 Two real nodes (``priv-network init`` + ``serve``, both on 127.0.0.1, each
 on its own port, as bench/_loader.py speaks to 127.0.0.1): the owner O
@@ -67,11 +68,11 @@ from _fed import FedNode, PySpy, cpu_seconds, wait_for
 GOAL_FULL = 0.5
 GOAL_RSS_MIB = 150
 GOAL_PIN = 0.7
+PARTS = ("memory", "full", "ranges", "pin")
 OWNER_CORE, BROKER_CORE = "1", "0"
 PROFILE_UNDER = (
     "_relay",
-    "block_hash",
-    "readexactly",
+    "BlockReader.read",
     "StreamResponse.write",
     "write (aiohttp",
     "Broker.stream",
@@ -83,14 +84,13 @@ PROFILE_UNDER = (
 )
 PIN_PROFILE_UNDER = (
     "Pinner._copy",
-    "readexactly",
-    "block_hash",
+    "BlockReader.read",
+    "Pinner._write",
     "Pins.write_block",
-    "get_pin",
+    "PinWriter.append",
     "update_pin",
-    "write_pin_block",
-    "commit_pin",
-    "verified_prefix",
+    "PinWriter.commit",
+    "PinWriter._check_prefix",
     "aiosqlite",
 )
 
@@ -156,8 +156,15 @@ def main() -> int:
     ap.add_argument("--memory-seconds", type=float, default=8.0, help="length of the memory run (default 8)")
     ap.add_argument("--pin-rounds", type=int, default=3, help="pin-vs-curl rounds (default 3)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable; default: all of " + ", ".join(PARTS) + ")",
+    )
     args = ap.parse_args()
     size = args.size_mib * MiB
+    parts = set(args.only or PARTS)
 
     install_cleanup()
     print(f"broker benchmark: {args.size_mib} MiB; broker on core {BROKER_CORE}, owner and client on core {OWNER_CORE}")
@@ -182,23 +189,26 @@ def main() -> int:
         load(broker, path, "ranges", conns=1, seconds=0.5, size=size, seed=0)  # fetches the manifest once
 
         # -- memory
-        header(f"memory: broker RSS while {args.conns} clients stream the whole file ({args.memory_seconds:g} s)")
-        with RssSampler(broker.pid) as rss:
-            mem = load(broker, path, "full", conns=args.conns, seconds=args.memory_seconds, size=size, seed=0)
-        growth = (rss.peak - rss.before) / MiB
-        mem_ok = growth < GOAL_RSS_MIB
-        print(
-            f"RSS before {rss.before / MiB:.0f} MiB, peak {rss.peak / MiB:.0f} MiB, growth {growth:.1f} MiB;"
-            f" {args.conns} clients got {mem['bytes_per_s'] / GiB:.2f} GiB/s in total"
-            f"   goal < {GOAL_RSS_MIB} MiB: {verdict(mem_ok)}",
-            flush=True,
-        )
+        mem_ok, growth = True, 0.0
+        if "memory" in parts:
+            header(f"memory: broker RSS while {args.conns} clients stream the whole file ({args.memory_seconds:g} s)")
+            with RssSampler(broker.pid) as rss:
+                mem = load(broker, path, "full", conns=args.conns, seconds=args.memory_seconds, size=size, seed=0)
+            growth = (rss.peak - rss.before) / MiB
+            mem_ok = growth < GOAL_RSS_MIB
+            print(
+                f"RSS before {rss.before / MiB:.0f} MiB, peak {rss.peak / MiB:.0f} MiB, growth {growth:.1f} MiB;"
+                f" {args.conns} clients got {mem['bytes_per_s'] / GiB:.2f} GiB/s in total"
+                f"   goal < {GOAL_RSS_MIB} MiB: {verdict(mem_ok)}",
+                flush=True,
+            )
 
         # -- streaming, direct vs brokered, alternating
         servers = {"direct": owner, "brokered": broker}
         rate: dict[str, dict[str, list[float]]] = {"full": {}, "ranges": {}}
         cpu: dict[str, dict[str, list[dict[str, float]]]] = {"full": {}, "ranges": {}}
-        for mode, conns, unit in (("full", 1, "GiB/s"), ("ranges", args.conns, "req/s")):
+        modes = [m for m in (("full", 1, "GiB/s"), ("ranges", args.conns, "req/s")) if m[0] in parts]
+        for mode, conns, unit in modes:
             what = "full file, one stream" if mode == "full" else f"random 1 MiB ranges, {conns} concurrent clients"
             header(f"{what} ({unit}, {args.rounds} rounds of {args.seconds:g} s)")
             for r in range(args.rounds):
@@ -219,7 +229,7 @@ def main() -> int:
 
         profiles: dict[str, str] = {}
         if not args.no_profile:
-            for mode, conns in (("full", 1), ("ranges", args.conns)):
+            for mode, conns, _unit in modes:
                 spy = PySpy(broker.pid, root / f"pyspy-broker-{mode}.txt")
                 if not spy.start():
                     print("(py-spy not available: .venv/bin/pip install py-spy)")
@@ -229,41 +239,41 @@ def main() -> int:
                 profiles[mode] = spy.summary(top=20, inclusive=PROFILE_UNDER)
 
         # -- pinning vs curl
-        header(f"pinning the file on the broker vs curl from the owner ({args.pin_rounds} rounds, s)")
         pin_t: list[float] = []
         pin_cpu: list[float] = []
         curl_t: list[float] = []
-        for r in range(args.pin_rounds):
-            for what in ("curl", "pin") if r % 2 == 0 else ("pin", "curl"):
-                os.sync()
-                read_through(blob)
-                if what == "curl":
-                    curl_t.append(curl_once(owner, item_id, root / "curl.out"))
-                else:
-                    c0 = cpu_seconds(broker.pid)
-                    pin_t.append(pin_once(broker, item_id))
-                    pin_cpu.append(cpu_seconds(broker.pid) - c0)
-            print(
-                f"  round {r + 1}: pin {pin_t[-1]:.2f} s ({args.size_mib / pin_t[-1]:.0f} MiB/s),"
-                f" curl {curl_t[-1]:.2f} s ({args.size_mib / curl_t[-1]:.0f} MiB/s),"
-                f" ratio {curl_t[-1] / pin_t[-1]:.2f}; broker CPU during the pin {pin_cpu[-1]:.2f} s",
-                flush=True,
-            )
-        if not args.no_profile:
-            spy = PySpy(broker.pid, root / "pyspy-broker-pin.txt")
-            if spy.start():
-                pin_once(broker, item_id)
-                spy.stop()
-                profiles["pin"] = spy.summary(top=20, inclusive=PIN_PROFILE_UNDER)
+        if "pin" in parts:
+            header(f"pinning the file on the broker vs curl from the owner ({args.pin_rounds} rounds, s)")
+            for r in range(args.pin_rounds):
+                for what in ("curl", "pin") if r % 2 == 0 else ("pin", "curl"):
+                    os.sync()
+                    read_through(blob)
+                    if what == "curl":
+                        curl_t.append(curl_once(owner, item_id, root / "curl.out"))
+                    else:
+                        c0 = cpu_seconds(broker.pid)
+                        pin_t.append(pin_once(broker, item_id))
+                        pin_cpu.append(cpu_seconds(broker.pid) - c0)
+                print(
+                    f"  round {r + 1}: pin {pin_t[-1]:.2f} s ({args.size_mib / pin_t[-1]:.0f} MiB/s),"
+                    f" curl {curl_t[-1]:.2f} s ({args.size_mib / curl_t[-1]:.0f} MiB/s),"
+                    f" ratio {curl_t[-1] / pin_t[-1]:.2f}; broker CPU during the pin {pin_cpu[-1]:.2f} s",
+                    flush=True,
+                )
+            if not args.no_profile:
+                spy = PySpy(broker.pid, root / "pyspy-broker-pin.txt")
+                if spy.start():
+                    pin_once(broker, item_id)
+                    spy.stop()
+                    profiles["pin"] = spy.summary(top=20, inclusive=PIN_PROFILE_UNDER)
 
         # -- report
         header("results: medians over rounds; ratio = median of per-round ratios")
         summary: dict[str, Any] = {"size_mib": args.size_mib}
         ok = mem_ok
-        for mode in ("full", "ranges"):
+        for mode, _conns, unit in modes:
             d, b = rate[mode]["direct"], rate[mode]["brokered"]
             ratio = median([x / y for x, y in zip(b, d, strict=True)])
-            unit = "GiB/s" if mode == "full" else "req/s"
             per_unit = "GiB" if mode == "full" else "request"
             scale = 1.0 if mode == "full" else 1000.0
             cpu_b = {k: median([c[k] for c in cpu[mode]["brokered"]]) * scale for k in ("owner", "broker")}
@@ -272,6 +282,7 @@ def main() -> int:
                 "direct": median(d),
                 "brokered": median(b),
                 "ratio": ratio,
+                "rounds": [x / y for x, y in zip(b, d, strict=True)],
                 "cpu_brokered": cpu_b,
                 "cpu_direct_owner": cpu_d["owner"],
             }
@@ -289,30 +300,33 @@ def main() -> int:
                 f"{mode:6} direct {median(d):7.2f} {unit}, brokered {median(b):7.2f} {unit}: ratio {ratio:.2f}{extra}"
             )
             print(f"       {cpu_txt}")
-        pin_ratio = median([c / p for c, p in zip(curl_t, pin_t, strict=True)])
-        pin_ok = pin_ratio >= GOAL_PIN
-        ok = ok and pin_ok
-        summary["memory"] = {"before_mib": rss.before / MiB, "peak_mib": rss.peak / MiB, "growth_mib": growth}
-        summary["memory"]["met"] = mem_ok
-        summary["pin"] = {
-            "pin_s": median(pin_t),
-            "curl_s": median(curl_t),
-            "pin_mib_s": args.size_mib / median(pin_t),
-            "pin_cpu_s": median(pin_cpu),
-            "curl_mib_s": args.size_mib / median(curl_t),
-            "ratio": pin_ratio,
-            "met": pin_ok,
-        }
+        if "memory" in parts:
+            summary["memory"] = {"before_mib": rss.before / MiB, "peak_mib": rss.peak / MiB, "growth_mib": growth}
+            summary["memory"]["met"] = mem_ok
+            print(
+                f"memory broker RSS growth {growth:.1f} MiB with {args.conns} full-file clients"
+                f"   goal < {GOAL_RSS_MIB} MiB: {verdict(mem_ok)}"
+            )
+        if "pin" in parts:
+            pin_ratio = median([c / p for c, p in zip(curl_t, pin_t, strict=True)])
+            pin_ok = pin_ratio >= GOAL_PIN
+            ok = ok and pin_ok
+            summary["pin"] = {
+                "pin_s": median(pin_t),
+                "curl_s": median(curl_t),
+                "pin_mib_s": args.size_mib / median(pin_t),
+                "pin_cpu_s": median(pin_cpu),
+                "curl_mib_s": args.size_mib / median(curl_t),
+                "ratio": pin_ratio,
+                "rounds": [c / p for c, p in zip(curl_t, pin_t, strict=True)],
+                "met": pin_ok,
+            }
+            print(
+                f"pin    {median(pin_t):.2f} s ({args.size_mib / median(pin_t):.0f} MiB/s)"
+                f" vs curl {median(curl_t):.2f} s ({args.size_mib / median(curl_t):.0f} MiB/s): ratio {pin_ratio:.2f}"
+                f"   goal >= {GOAL_PIN}: {verdict(pin_ok)}; broker CPU per pin {median(pin_cpu):.2f} s"
+            )
         summary["profiles"] = profiles
-        print(
-            f"memory broker RSS growth {growth:.1f} MiB with {args.conns} full-file clients"
-            f"   goal < {GOAL_RSS_MIB} MiB: {verdict(mem_ok)}"
-        )
-        print(
-            f"pin    {median(pin_t):.2f} s ({args.size_mib / median(pin_t):.0f} MiB/s) vs curl {median(curl_t):.2f} s"
-            f" ({args.size_mib / median(curl_t):.0f} MiB/s): ratio {pin_ratio:.2f}"
-            f"   goal >= {GOAL_PIN}: {verdict(pin_ok)}; broker CPU per pin {median(pin_cpu):.2f} s"
-        )
         for mode, text in profiles.items():
             what = "one pin" if mode == "pin" else f"a brokered {mode} run"
             print(f"\npy-spy of the broker, {what}:\n  " + text.replace("\n", "\n  "))

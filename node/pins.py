@@ -1,11 +1,22 @@
 """Pinned copies of peers' items, as the CMA keeps them.
 
-The manager fetches and checks blocks; this class is the only writer of
-the copy. It checks every block again against the manifest before it
-writes it, keeps the partial copy in ``pins/`` (so a pin resumes from its
-verified blocks after a cut or a restart), checks the whole file against
-its content hash before the copy is usable, and keeps pinned copies within
-the storage budget by evicting the least recently watched.
+The manager fetches blocks; this class is the only writer of the copy and
+its only judge. Each block is checked against the owner's manifest before a
+byte of it is written (one hash per block: the manager does not hash
+again), the partial copy is kept in ``pins/`` (so a pin resumes from its
+verified blocks after a cut or a restart), the whole file is checked
+against its content hash before the copy is usable, and pinned copies stay
+within the storage budget by evicting the least recently watched.
+
+While a pin is fetched, its manifest and open partial file are kept in
+memory (``_Fetch``: no database read per block), and its progress is
+written to the database about once a second or every ``PROGRESS_BYTES``:
+the recorded figure is only what ``pins`` shows for a paused pin, since a
+resume checks the partial copy on disk block by block anyway. At the same
+moments what was written is handed to the disk in the background, so the
+final fsync is short. Complete pins are also kept in memory, so that
+playing a peer's item (which asks for a local copy on every range request)
+reads no database row.
 """
 
 from __future__ import annotations
@@ -14,19 +25,36 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
-from node.blobs import BlobStore
+from node.blobs import BlobStore, BlockData, PinWriter
 from node.service import visible_to
 from node.store import CmaStore
-from priv_network.errors import InsufficientStorage, InvalidInput, NotFound
+from priv_network.errors import Conflict, InsufficientStorage, InvalidInput, NotFound
 from priv_network.interfaces import ContentFile
-from priv_network.manifest import HASH_LEN, block_count, block_hash
+from priv_network.manifest import HASH_LEN, block_count
 from priv_network.wire import ItemInfo
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 16  # blocks between progress records while a pin is fetched
+PROGRESS_BYTES = 64 * 1024 * 1024  # a fetch records its progress at least every this many bytes ...
+PROGRESS_SECONDS = 1.0  # ... or this often, whichever comes first
+WATCHED_EVERY = 60.0  # seconds: a copy's last_watched_at is written at most this often
+
+
+@dataclass
+class _Fetch:
+    """A pin being fetched: its open partial copy (which holds the manifest) and its progress."""
+
+    writer: PinWriter
+    recorded: int  # verified bytes last written to the database
+    recorded_at: float
+    syncing: asyncio.Future[None] | None = None  # the partial copy being written to disk meanwhile
+
+    @property
+    def verified(self) -> int:
+        return self.writer.verified
 
 
 class Pins:
@@ -35,7 +63,10 @@ class Pins:
         self._blobs = blobs
         self._executor = executor
         self.budget = budget
-        self._fetching: dict[str, dict[str, Any]] = {}
+        self._fetching: dict[str, _Fetch] = {}
+        self._opening = asyncio.Lock()  # begin() opens a partial copy once, however often it is called
+        self._complete: dict[str, dict[str, Any]] | None = None  # complete pins by content hash (no manifest)
+        self._watched: dict[str, float] = {}  # when last_watched_at was last written, per copy
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -44,8 +75,18 @@ class Pins:
         """A pin's row with the progress of a fetch under way (recorded in the database only now and then)."""
         live = self._fetching.get(row["content_hash"])
         if live is not None and row["state"] != "complete":
-            row = {**row, "verified_bytes": live["verified_bytes"]}
+            row = {**row, "verified_bytes": live.verified}
         return row
+
+    async def _complete_pins(self) -> dict[str, dict[str, Any]]:
+        if self._complete is None:
+            rows = await self._store.list_pins()
+            self._complete = {
+                r["content_hash"]: {k: v for k, v in r.items() if k != "manifest"}
+                for r in rows
+                if r["state"] == "complete"
+            }
+        return self._complete
 
     async def list(self) -> list[dict[str, Any]]:
         return [self._current(r) for r in await self._store.list_pins()]
@@ -55,42 +96,58 @@ class Pins:
         return self._current(row) if row is not None else None
 
     async def begin(self, item: ItemInfo, manifest: bytes) -> int:
-        """Start or resume pinning ``item``; returns the verified bytes already on disk."""
-        self._fetching.pop(item.content_hash, None)
+        """Start or resume pinning ``item``; returns the verified bytes already on disk.
+
+        The first call opens the partial copy (checking what it holds); later
+        calls while the fetch is under way answer from memory.
+        """
         if len(manifest) != HASH_LEN * block_count(item.size, item.block_size):
             raise InvalidInput("manifest does not fit the item")
-        row = await self._store.get_pin(item.content_hash)
-        if row is not None and row["state"] == "complete":
-            return int(row["size"])
-        if row is None:
-            free = await self._run(self._blobs.free_bytes)
-            if item.size > free - self._blobs.min_free:
-                raise InsufficientStorage(
-                    f"not enough free disk to pin {item.title!r}: it needs {item.size} bytes, {free} are free"
-                )
-            await self._make_room(item.size, item.content_hash)
-            now = time.time()
-            await self._store.insert_pin(
-                {
-                    "content_hash": item.content_hash,
-                    "owner": item.node,
-                    "item_id": item.id,
-                    "title": item.title,
-                    "mime": item.mime,
-                    "visibility": item.visibility,
-                    "size": item.size,
-                    "block_size": item.block_size,
-                    "manifest": manifest,
-                    "manifest_hash": item.manifest_hash,
-                    "state": "fetching",
-                    "verified_bytes": 0,
-                    "created_at": now,
-                    "last_watched_at": now,
-                }
+        async with self._opening:
+            live = self._fetching.get(item.content_hash)
+            if live is not None:
+                return live.verified
+            row = await self._store.get_pin(item.content_hash)
+            if row is not None and row["state"] == "complete":
+                return int(row["size"])
+            if row is None:
+                row = await self._create(item, manifest)
+            writer: PinWriter = await self._run(
+                self._blobs.open_pin, item.content_hash, row["manifest"], int(row["block_size"]), int(row["size"])
             )
-        done = await self._run(self._blobs.verified_prefix, item.content_hash, manifest, item.block_size, item.size)
-        await self._store.update_pin(item.content_hash, {"verified_bytes": done, "state": "fetching", "error": None})
-        return int(done)
+            now = time.monotonic()
+            self._fetching[item.content_hash] = _Fetch(writer=writer, recorded=writer.verified, recorded_at=now)
+        await self._store.update_pin(
+            item.content_hash, {"verified_bytes": writer.verified, "state": "fetching", "error": None}
+        )
+        return writer.verified
+
+    async def _create(self, item: ItemInfo, manifest: bytes) -> dict[str, Any]:
+        free = await self._run(self._blobs.free_bytes)
+        if item.size > free - self._blobs.min_free:
+            raise InsufficientStorage(
+                f"not enough free disk to pin {item.title!r}: it needs {item.size} bytes, {free} are free"
+            )
+        await self._make_room(item.size, item.content_hash)
+        now = time.time()
+        row: dict[str, Any] = {
+            "content_hash": item.content_hash,
+            "owner": item.node,
+            "item_id": item.id,
+            "title": item.title,
+            "mime": item.mime,
+            "visibility": item.visibility,
+            "size": item.size,
+            "block_size": item.block_size,
+            "manifest": manifest,
+            "manifest_hash": item.manifest_hash,
+            "state": "fetching",
+            "verified_bytes": 0,
+            "created_at": now,
+            "last_watched_at": now,
+        }
+        await self._store.insert_pin(row)
+        return row
 
     async def _make_room(self, size: int, keep: str) -> None:
         if self.budget <= 0:
@@ -110,67 +167,120 @@ class Pins:
         if used + size > self.budget:
             raise InsufficientStorage("the pin budget is full of pins that are still being fetched")
 
-    async def write_block(self, content_hash: str, index: int, data: bytes) -> int:
-        """Write one block the manager fetched; checked again here. Returns verified bytes.
+    async def write_block(self, content_hash: str, index: int, data: BlockData) -> int:
+        """Check one block the manager fetched against the manifest and write it. Returns verified bytes.
 
-        The pin's row is kept in memory while it is fetched, and progress is
-        recorded every few blocks: a resume checks the partial copy on disk
-        block by block anyway, so the recorded figure may lag behind safely.
+        Blocks come in order, from where ``begin`` said the copy stands;
+        ``data`` may be the block's network chunks, in order (nothing is
+        joined). ``InvalidInput`` means the data does not match the manifest
+        (nothing of it is written); ``Conflict``, a block out of order.
         """
-        row = self._fetching.get(content_hash)
-        if row is None:
-            row = await self._store.get_pin(content_hash)
-            if row is None:
+        live = self._fetching.get(content_hash)
+        if live is None:
+            if await self._store.get_pin(content_hash) is None:
                 raise NotFound("no such pin (it was removed)")
-            self._fetching[content_hash] = row
-        bs = int(row["block_size"])
-        offset = index * bs
-        if offset != int(row["verified_bytes"]):
-            raise InvalidInput(f"pin blocks must arrive in order (expected offset {row['verified_bytes']})")
-        expected = row["manifest"][index * HASH_LEN : (index + 1) * HASH_LEN]
-        if len(data) != min(bs, int(row["size"]) - offset) or block_hash(data) != expected:
+            raise Conflict("the pin is not being fetched: begin() it first")
+        if not await self._run(live.writer.append, index, data):
             raise InvalidInput(f"block {index} does not match the manifest")
-        await self._run(self._blobs.write_pin_block, content_hash, offset, data)
-        done = offset + len(data)
-        row["verified_bytes"] = done
-        if index % PROGRESS_EVERY == 0 or done == int(row["size"]):
+        done = live.verified
+        now = time.monotonic()
+        if (
+            done == live.writer.size
+            or done - live.recorded >= PROGRESS_BYTES
+            or now - live.recorded_at >= PROGRESS_SECONDS
+        ):
+            live.recorded, live.recorded_at = done, now
+            if done < live.writer.size and (live.syncing is None or live.syncing.done()):
+                # The disk writes what is there while the next blocks come: the final fsync is short.
+                live.syncing = asyncio.ensure_future(self._run(live.writer.sync))
             await self._store.update_pin(content_hash, {"verified_bytes": done})
         return done
 
+    async def _settle(self, live: _Fetch) -> None:
+        """Wait for a sync of the partial copy still under way (its error, if any, is the commit's)."""
+        if live.syncing is not None:
+            await asyncio.gather(live.syncing, return_exceptions=True)
+
+    async def _close(self, live: _Fetch) -> None:
+        await self._settle(live)
+        await self._run(live.writer.close)
+
     async def finish(self, content_hash: str) -> None:
-        self._fetching.pop(content_hash, None)
-        row = await self._store.get_pin(content_hash)
-        if row is None:
-            raise NotFound("no such pin (it was removed)")
-        try:
-            await self._run(self._blobs.commit_pin, content_hash, int(row["size"]))
-        except Exception as exc:
-            await self._store.update_pin(content_hash, {"verified_bytes": 0, "error": str(exc)[:300]})
-            raise
-        await self._store.update_pin(content_hash, {"state": "complete", "error": None}, publish=True)
+        """Check the whole copy and make it usable (it enters the store under its content hash)."""
+        async with self._opening:  # a begin() meanwhile would open a new partial copy
+            row = await self._store.get_pin(content_hash)
+            live = self._fetching.pop(content_hash, None)
+            if row is None:
+                if live is not None:
+                    await self._close(live)
+                raise NotFound("no such pin (it was removed)")
+            size = int(row["size"])
+            if live is not None:
+                await self._settle(live)
+                writer = live.writer
+            else:  # no fetch under way (a copy found complete on disk): opening it checks every block
+                writer = await self._open(row)
+            try:
+                await self._run(writer.commit)
+            except Exception as exc:
+                await self._run(writer.close)
+                values = {"verified_bytes": writer.verified, "error": str(exc)[:300]}  # 0 if it was discarded
+                await self._store.update_pin(content_hash, values)
+                raise
+            await self._store.update_pin(
+                content_hash, {"state": "complete", "verified_bytes": size, "error": None}, publish=True
+            )
+            complete = await self._complete_pins()
+            complete[content_hash] = {
+                **{k: v for k, v in row.items() if k != "manifest"},
+                "state": "complete",
+                "verified_bytes": size,
+                "error": None,
+            }
         log.info("pinned %s (%s) complete and verified", row["title"], content_hash[:12])
 
+    async def _open(self, row: dict[str, Any]) -> PinWriter:
+        writer: PinWriter = await self._run(
+            self._blobs.open_pin, row["content_hash"], row["manifest"], int(row["block_size"]), int(row["size"])
+        )
+        return writer
+
     async def fail(self, content_hash: str, error: str) -> None:
-        row = self._fetching.pop(content_hash, None)
+        live = self._fetching.pop(content_hash, None)
         values: dict[str, Any] = {"error": error[:300]}
-        if row is not None:
-            values["verified_bytes"] = row["verified_bytes"]
+        if live is not None:
+            values["verified_bytes"] = live.verified
+            await self._close(live)
         await self._store.update_pin(content_hash, values)
+
+    async def close(self) -> None:
+        """At shutdown: record how far each fetch got and close its partial copy."""
+        fetching, self._fetching = self._fetching, {}
+        for content_hash, live in fetching.items():
+            await self._close(live)
+            await self._store.update_pin(content_hash, {"verified_bytes": live.verified})
 
     async def set_visibility(self, content_hash: str, visibility: str) -> None:
         await self._store.update_pin(content_hash, {"visibility": visibility}, publish=True)
+        copy = (await self._complete_pins()).get(content_hash)
+        if copy is not None:
+            copy["visibility"] = visibility
 
     async def file_for(self, content_hash: str, viewer: str) -> ContentFile:
         """A complete copy for a peer the owner's rules let see it; otherwise it does not exist."""
-        row = await self._store.get_pin(content_hash)
-        if row is None or row["state"] != "complete" or not visible_to(row["visibility"], viewer):
+        row = (await self._complete_pins()).get(content_hash)
+        if row is None or not visible_to(row["visibility"], viewer):
             raise NotFound(f"no copy of {content_hash[:16]}")
         return ContentFile(
             path=self._blobs.blob_path(content_hash), mime=row["mime"], size=int(row["size"]), etag=content_hash
         )
 
     async def remove(self, content_hash: str) -> None:
-        self._fetching.pop(content_hash, None)
+        live = self._fetching.pop(content_hash, None)
+        if live is not None:
+            await self._close(live)
+        (await self._complete_pins()).pop(content_hash, None)
+        self._watched.pop(content_hash, None)
         if await self._store.get_pin(content_hash) is None:
             raise NotFound("no such pin")
         blob_free = await self._store.delete_pin(content_hash)
@@ -178,12 +288,14 @@ class Pins:
 
     async def local_file(self, content_hash: str) -> ContentFile | None:
         """The complete pinned copy of this content, if there is one (and mark it watched)."""
-        row = await self._store.get_pin(content_hash)
-        if row is None or row["state"] != "complete":
+        row = (await self._complete_pins()).get(content_hash)
+        if row is None:
             return None
         path = self._blobs.blob_path(content_hash)
         if not path.exists():
             return None
-        if time.time() - row["last_watched_at"] > 60:
-            await self._store.update_pin(content_hash, {"last_watched_at": time.time()})
+        now = time.time()
+        if now - self._watched.get(content_hash, 0.0) > WATCHED_EVERY:
+            self._watched[content_hash] = now
+            await self._store.update_pin(content_hash, {"last_watched_at": now})
         return ContentFile(path=path, mime=row["mime"], size=int(row["size"]), etag=content_hash)

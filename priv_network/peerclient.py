@@ -9,6 +9,8 @@ garbage), so callers can back off without guessing.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,6 +59,26 @@ def join_url(base: str, path: str) -> str:
     return base.rstrip("/") + path
 
 
+def failure_reason(base_url: str, exc: BaseException) -> str:
+    """What went wrong reaching a peer, in plain words ("cannot reach HOST:PORT: connection refused").
+
+    aiohttp's own wording ("Cannot connect to host H:P ssl:default [Connect call failed ...]")
+    is kept only for TLS failures, where its details matter.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror) or not os_error.errno:
+            why = os_error.strerror or type(os_error).__name__
+        else:
+            why = os.strerror(os_error.errno)
+        host = f"[{exc.host}]" if ":" in exc.host else exc.host
+        return f"cannot reach {host}:{exc.port}: {why[:1].lower()}{why[1:]}"
+    if isinstance(exc, TimeoutError):
+        return f"cannot reach {base_url}: timed out"
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return f"cannot reach {base_url}: {reason}"
+
+
 class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, signer: Signer, *, timeout: float = 30.0) -> None:
         self.session = session
@@ -80,8 +102,7 @@ class PeerClient:
                 raw = await read_body(resp, MAX_RESPONSE)
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise PeerUnreachable(f"cannot reach {base_url}: {reason}") from None
+            raise PeerUnreachable(failure_reason(base_url, exc)) from None
         if len(raw) > MAX_RESPONSE:
             raise InvalidInput(f"answer from {base_url} is larger than {MAX_RESPONSE} bytes")
         try:

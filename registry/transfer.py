@@ -15,10 +15,11 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 
 MANIFEST_CACHE = 128
 POSTER_LIMIT = 4 * 1024 * 1024
+# A player sends a request per range; the registry rows each needs (the item, who
+# holds it, who is online) are remembered until the next sync round, a penalty, or
+# at most this long (polls outside a round, such as a member coming back).
+ITEM_CACHE = 1024
+ITEM_CACHE_SECONDS = 10.0
+# What can go wrong while reading a peer's body: cut, reset, stalled past the read timeout.
+_CUT = (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,39 @@ class TransferAborted(ConnectionResetError):
     """Raised after headers were sent: aiohttp then drops the connection quietly."""
 
 
+class BlockReader:
+    """Cuts a peer's response body into blocks, as lists of the chunks they arrived in.
+
+    Nothing is joined or copied: a block is a list of memoryviews of the
+    network chunks (``StreamReader.readchunk``), which a pin hands to the CMA
+    to be hashed and written as they are (``os.pwritev``). The end of the
+    body before a block is complete raises ``asyncio.IncompleteReadError``.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._rest = memoryview(b"")
+
+    async def read(self, length: int) -> list[memoryview]:
+        """The next ``length`` bytes of the body."""
+        parts: list[memoryview] = []
+        need = length
+        while need:
+            if not self._rest:
+                while True:
+                    chunk, end_of_http_chunk = await self._content.readchunk()
+                    if chunk:
+                        break
+                    if not end_of_http_chunk:  # the end of the body
+                        raise asyncio.IncompleteReadError(b"", need)
+                self._rest = memoryview(chunk)
+            part = self._rest[:need] if len(self._rest) > need else self._rest
+            self._rest = self._rest[len(part) :]
+            parts.append(part)
+            need -= len(part)
+        return parts
+
+
 class Broker:
     def __init__(
         self,
@@ -83,6 +124,7 @@ class Broker:
         self._penalize = penalize
         self._client: PeerClient | None = None
         self._manifests: OrderedDict[str, bytes] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, RemoteItem]] = OrderedDict()
 
     def set_client(self, client: PeerClient) -> None:
         self._client = client
@@ -95,12 +137,17 @@ class Broker:
     async def remote_item(self, item_id: str) -> RemoteItem:
         # A malformed ID (a NUL byte, say) cannot exist; PostgreSQL would reject it with a 500.
         check_item_id(item_id)
+        now = time.monotonic()
+        cached = self._items.get(item_id)
+        if cached is not None and now - cached[0] < ITEM_CACHE_SECONDS:
+            return cached[1]
         hit = await self._store.entry_by_item(item_id)
         if hit is None or hit.row["node_id"] == self.node_id:
+            self._items.pop(item_id, None)
             raise NotFound(f"no item {item_id}")
         item = self._to_item(hit.row)
         holders = (await self._store.holders([item.content_hash])).get(item.content_hash, [])
-        return RemoteItem(
+        remote = RemoteItem(
             item=item,
             url=str(hit.row["source_url"]),
             online=hit.online,
@@ -110,6 +157,15 @@ class Broker:
                 if h["node_id"] not in (self.node_id, item.node)
             ),
         )
+        self._items[item_id] = (now, remote)
+        self._items.move_to_end(item_id)
+        while len(self._items) > ITEM_CACHE:
+            self._items.popitem(last=False)
+        return remote
+
+    async def forget(self) -> None:
+        """Drop the registry rows remembered per item: a sync round may have changed them."""
+        self._items.clear()
 
     async def item(self, item_id: str) -> ItemInfo:
         return (await self.remote_item(item_id)).item
@@ -135,7 +191,7 @@ class Broker:
                 continue
             blocks = self._check_manifest(item, data)
             if blocks is None:
-                await self._penalize(source.node_id, f"sent a manifest for {item.id} that does not match")
+                await self.penalize(source.node_id, f"sent a manifest for {item.id} that does not match")
                 failure = InvalidInput(f"the manifest from {source.url} does not match the signed catalog")
                 continue
             self._manifests[item.manifest_hash] = blocks
@@ -164,6 +220,11 @@ class Broker:
         remote = await self.remote_item(item_id)
         item = remote.item
         etag = f'"{item.content_hash}"'
+        # The item's URL serves new bytes if its owner replaces the file in place,
+        # so clients revalidate (Cache-Control: no-cache) and a match costs a 304.
+        if_none = request.if_none_match
+        if if_none and any(e.value in ("*", item.content_hash) for e in if_none):
+            return web.Response(status=304, headers={hdrs.ETAG: etag, hdrs.CACHE_CONTROL: "private, no-cache"})
         try:
             rng = parse_range(
                 request.headers.get(hdrs.RANGE), item.size, if_range=request.headers.get(hdrs.IF_RANGE), etag=etag
@@ -178,7 +239,7 @@ class Broker:
         response.content_length = rng.length
         response.headers[hdrs.ACCEPT_RANGES] = "bytes"
         response.headers[hdrs.ETAG] = etag
-        response.headers[hdrs.CACHE_CONTROL] = "private, max-age=31536000, immutable"
+        response.headers[hdrs.CACHE_CONTROL] = "private, no-cache"
         if rng.partial:
             response.headers[hdrs.CONTENT_RANGE] = rng.content_range(item.size)
         if rng.length == 0 or request.method == "HEAD":
@@ -197,7 +258,7 @@ class Broker:
                     expected = f"bytes {up_start}-{up_stop - 1}/{item.size}"
                     whole = up_start == 0 and up_stop == item.size and upstream.status == 200
                     if not whole and (upstream.status != 206 or upstream.headers.get(hdrs.CONTENT_RANGE) != expected):
-                        await self._penalize(source.node_id, "answered a range request with the wrong range")
+                        await self.penalize(source.node_id, "answered a range request with the wrong range")
                         raise PeerUnreachable(f"{source.url} answered with the wrong range")
                     await response.prepare(request)
                     try:
@@ -227,30 +288,33 @@ class Broker:
         manifest: bytes,
         rng: ByteRange,
     ) -> None:
-        """Pass verified blocks on, trimmed to the range; abort on the first bad or missing block."""
+        """Pass verified blocks on, trimmed to the range; abort on the first bad or missing block.
+
+        Each block is read whole, hashed once and sent in one write; no byte of
+        it leaves before all of it is checked. (Hashing the chunks as they
+        arrive and joining them afterwards was measured slower: bench/broker.py,
+        docs/benchmarks.md.)
+        """
         bs = item.block_size
-        first, last = rng.start // bs, (rng.stop - 1) // bs
-        pos = first * bs
-        for index in range(first, last + 1):
-            length = min(bs, item.size - index * bs)
+        for index in range(rng.start // bs, (rng.stop - 1) // bs + 1):
+            pos = index * bs
             try:
-                block = await upstream.content.readexactly(length)
-            except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-                log.warning("transfer of %s from %s cut at block %d: %s", item.id, source.node_id, index, exc)
+                block = await upstream.content.readexactly(min(bs, item.size - pos))
+            except _CUT as exc:
+                log.warning("transfer of %s from %s cut at block %d: %r", item.id, source.node_id, index, exc)
                 await self._abort(request, source, f"stopped sending {item.id} at block {index}")
             if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
                 log.warning("block %d of %s from %s does not match its manifest", index, item.id, source.node_id)
                 await self._abort(request, source, f"sent a corrupt block {index} of {item.id}")
-            lo = max(rng.start, pos) - pos
-            hi = min(rng.stop, pos + length) - pos
-            await response.write(block if (lo, hi) == (0, length) else block[lo:hi])
-            pos += length
+            lo, hi = max(rng.start - pos, 0), min(rng.stop - pos, len(block))
+            await response.write(block if (lo, hi) == (0, len(block)) else memoryview(block)[lo:hi])
 
     async def penalize(self, node_id: str, reason: str) -> None:
         await self._penalize(node_id, reason)
+        self._items.clear()  # the peer is now backed off: the next request asks another source first
 
-    async def _abort(self, request: web.Request, source: Source, reason: str) -> None:
-        await self._penalize(source.node_id, reason)
+    async def _abort(self, request: web.Request, source: Source, reason: str) -> NoReturn:
+        await self.penalize(source.node_id, reason)
         if request.transport is not None:
             request.transport.abort()
         raise TransferAborted(f"transfer aborted: {source.node_id} {reason}")
@@ -271,9 +335,12 @@ class Broker:
 class Pinner:
     """Mirrors peers' items into the local store (through the CMA's PinStore), resumably.
 
-    Each pin is one background task that fetches the missing blocks in
-    order from the owner, checks each against the manifest and hands it to
-    the CMA. Cut transfers resume from the verified blocks on disk, at the
+    Each pin is one background task that asks the owner (or a holder) for
+    everything it is missing in one range request and hands the blocks, in
+    order, to the CMA, which checks each against the manifest before it
+    writes it (a block that does not match counts against the peer). The
+    next block is read from the network while the last one is checked and
+    written. Cut transfers resume from the verified blocks on disk, at the
     next round or after a restart.
     """
 
@@ -317,7 +384,7 @@ class Pinner:
             failure: PrivNetworkError | None = None
             for source in remote.sources() if done < item.size else []:
                 try:
-                    done = await self._fetch_from(source, item, manifest, done)
+                    done = await self._fetch_from(source, item, done)
                     failure = None
                     break
                 except (PeerUnreachable, NotFound) as exc:
@@ -335,7 +402,7 @@ class Pinner:
             log.exception("pin of %s crashed", item.id)
             await self._pins.fail(item.content_hash, f"internal error: {type(exc).__name__}")
 
-    async def _fetch_from(self, source: Source, item: ItemInfo, manifest: bytes, done: int) -> int:
+    async def _fetch_from(self, source: Source, item: ItemInfo, done: int) -> int:
         headers = {"Range": f"bytes={done}-{item.size - 1}"}
         async with self._broker.client.stream(source.url, source.path, headers=headers) as up:
             expected = f"bytes {done}-{item.size - 1}/{item.size}"
@@ -344,27 +411,45 @@ class Pinner:
             ):
                 raise PeerUnreachable(f"{source.url} answered the pin with the wrong range")
             try:
-                await self._copy(item, source, up, manifest, done)
+                await self._copy(item, source, up, done)
             finally:
                 await self._traffic.add(f"peer:{source.node_id}", "received", up.content.total_bytes)
         return item.size
 
-    async def _copy(
-        self, item: ItemInfo, source: Source, upstream: aiohttp.ClientResponse, manifest: bytes, done: int
-    ) -> None:
+    async def _copy(self, item: ItemInfo, source: Source, upstream: aiohttp.ClientResponse, done: int) -> None:
         bs = item.block_size
+        blocks = BlockReader(upstream.content)
         index = done // bs
-        while done < item.size:
-            length = min(bs, item.size - done)
-            try:
-                block = await upstream.content.readexactly(length)
-            except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError) as exc:
-                raise PeerUnreachable(f"the owner stopped sending at block {index}: {type(exc).__name__}") from None
-            if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
-                await self._broker.penalize(source.node_id, f"sent a corrupt block {index} of {item.id}")
-                raise InvalidInput(f"block {index} of {item.id} is corrupt")
-            done = await self._pins.write_block(item.content_hash, index, block)
-            index += 1
+        writing: asyncio.Task[int] | None = None
+        try:
+            while done < item.size:
+                length = min(bs, item.size - done)
+                try:
+                    parts = await blocks.read(length)
+                except _CUT as exc:
+                    if writing is not None:
+                        await writing  # the block before the cut is good: keep it
+                    raise PeerUnreachable(
+                        f"{source.url} stopped sending at block {index}: {type(exc).__name__}"
+                    ) from None
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._write(item, source, index, parts))
+                done += length
+                index += 1
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+
+    async def _write(self, item: ItemInfo, source: Source, index: int, parts: list[memoryview]) -> int:
+        try:
+            return await self._pins.write_block(item.content_hash, index, parts)
+        except InvalidInput:
+            await self._broker.penalize(source.node_id, f"sent a corrupt block {index} of {item.id}")
+            raise InvalidInput(f"block {index} of {item.id} is corrupt") from None
 
     async def unpin(self, item_id: str) -> None:
         pins = await self._pins.list()

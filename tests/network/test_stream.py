@@ -155,6 +155,14 @@ async def test_member_streams_a_peers_item_with_ranges(
     assert (status, body) == (200, binary)
     assert "Content-Range" not in headers
 
+    # The item's URL is revalidated (its owner may replace the file in place);
+    # a matching If-None-Match costs a 304 and no bytes, a stale one the file.
+    assert headers["Cache-Control"] == "private, no-cache"
+    status, headers, body = await content(b, blob["id"], {"If-None-Match": etag})
+    assert (status, headers["ETag"], body) == (304, etag, b"")
+    status, headers, body = await content(b, blob["id"], {"If-None-Match": '"stale"'})
+    assert (status, body) == (200, binary)
+
     # The poster through B is A's poster.
     async with a.session.get(f"{a.url}/api/v1/items/{video['id']}/poster", headers=a.auth) as resp:
         assert resp.status == 200
