@@ -2,12 +2,19 @@
 
 Each download is a row (pending → processing → downloaded | error |
 canceled) with progress; a fixed number of workers take pending rows in
-order (FIFO), each running yt-dlp in a thread off the event loop. After a
-restart, rows left processing go back to pending and yt-dlp continues their
-partial files (each download has its own folder under the store). A finished
-file is renamed into the content store through the CMA with yt-dlp's title,
-description, duration and source URL. URLs on private, loopback and
-link-local addresses are refused unless [downloads] allow_private is on.
+order (FIFO), each running yt-dlp in a thread off the event loop (a daemon
+thread, left behind at shutdown so that a stalled server cannot hold up the
+node's exit). After a restart, rows left processing go back to pending and
+yt-dlp continues their partial files (each download has its own folder under
+the store). A finished file is renamed into the content store through the
+CMA with yt-dlp's title, description, duration and source URL.
+
+Private, loopback and link-local addresses are refused unless [downloads]
+allow_private is on: when a URL is queued (a clear 403), and again on every
+connection yt-dlp makes while it runs (redirects, the media URLs a page
+names, fragments, retries), against the address actually dialled after name
+resolution, so neither a redirect nor a name that resolves differently later
+reaches the LAN. See ``EgressGuard``.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import shutil
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import imageio_ffmpeg
@@ -39,9 +48,158 @@ from priv_network.errors import Conflict, Forbidden, InvalidInput, NotFound, Pri
 from priv_network.http import int_param, json_body, principal_of, require_admin
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATES = ("pending", "processing", "downloaded", "error", "canceled")
 MAX_URL = 2000
+PRIVATE_OFF = "([downloads] allow_private is off)"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_private_address(address: IPAddress) -> bool:
+    """Private, loopback, link-local (cloud metadata), reserved, multicast or unspecified."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+    )
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which addresses downloads may connect to."""
+
+    allow_private: bool
+    # Networks allowed even when private addresses are refused (a NAS on the LAN, say).
+    allowed: tuple[IPNetwork, ...] = ()
+
+    def refuses(self, host: str) -> bool:
+        """Whether a connection to ``host`` (an address literal) is refused; a name is refused too (unchecked)."""
+        if self.allow_private:
+            return False
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])  # fe80::1%eth0: the scope is not the address
+        except ValueError:
+            return True
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in network for network in self.allowed):
+            return False
+        return is_private_address(address)
+
+
+class RefusedAddress(ConnectionRefusedError):
+    """A connection (or an external program fetching a URL) refused by the address policy.
+
+    An OSError, so that yt-dlp and urllib3 treat it as the network failure it is (close the
+    socket, try the next address, give up with an error) rather than crash.
+    """
+
+
+_URL_ARGUMENT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PROBE = "priv_network.egress_guard"
+_WATCHED_EVENTS = frozenset({"socket.connect", "subprocess.Popen", _PROBE})
+
+
+def refused_message(host: str) -> str:
+    return f"refused to connect to {host}: a private or local address {PRIVATE_OFF}"
+
+
+class _Watch:
+    """One guarded download: its policy, and what was refused first (the message the user sees)."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self.refused: str | None = None
+
+    def _refuse(self, message: str) -> None:
+        if self.refused is None:
+            self.refused = message
+        raise RefusedAddress(message)
+
+    def check_connect(self, address: Any) -> None:
+        if not (isinstance(address, tuple) and address and isinstance(address[0], str)):
+            self._refuse(refused_message(repr(address)[:100]))  # not an IP socket address: no download needs one
+        elif self.policy.refuses(address[0]):
+            self._refuse(refused_message(address[0]))
+
+    def check_spawn(self, args: Any) -> None:
+        """An external program (ffmpeg for a live stream, say) connects where no hook sees: no URLs for it."""
+        for arg in [args] if isinstance(args, str | bytes) else list(args or ()):
+            text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+            if _URL_ARGUMENT.match(text) and not text.lower().startswith("file:"):
+                self._refuse(
+                    f"refused to let an external program fetch {text[:100]}: its connections cannot be "
+                    f"checked for private addresses {PRIVATE_OFF}"
+                )
+
+
+class EgressGuard:
+    """Applies an ``AddressPolicy`` to every connection made by the threads that run yt-dlp.
+
+    yt-dlp follows redirects, resolves names and opens connections inside its own request
+    handlers (urllib, requests, websockets), with no per-hop hook for its caller; checking the
+    URL when it is queued cannot see a redirect, nor a name that resolves to a LAN address
+    when the download runs. So the check is made where every one of those connections
+    passes: a Python audit hook (PEP 578, ``sys.addaudithook``) sees each ``socket.connect``
+    with the address actually dialled, after name resolution, and raising there aborts the
+    connection before it is made. It also sees ``subprocess.Popen``, and refuses an external
+    program (ffmpeg) that would fetch a URL itself, since its connections are out of sight.
+
+    The hook acts only in a thread inside ``guarding()``; in every other thread (the event
+    loop, the ingest pool) it costs one set lookup per audit event and does nothing. Audit
+    hooks cannot be removed, so there is one per process, installed on first use: hence this
+    module-level singleton (``EGRESS_GUARD``), which keeps nothing between downloads but a
+    thread-local. yt-dlp must do its network work in the guarded thread itself: guarded
+    downloads set ``concurrent_fragment_downloads`` to 1 (fragments would otherwise be
+    fetched from threads of yt-dlp's own).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._installed = False
+
+    @contextlib.contextmanager
+    def guarding(self, policy: AddressPolicy) -> Iterator[_Watch]:
+        with self._lock:
+            if not self._installed:
+                sys.addaudithook(self._hook)
+                self._installed = True
+        watch = _Watch(policy)
+        self._local.watch = watch
+        try:
+            # sys.addaudithook can be vetoed by another hook without a word: fail closed if so.
+            self._local.alive = False
+            sys.audit(_PROBE)
+            if not self._local.alive:
+                raise RuntimeError("the download address guard could not be installed (an audit hook refused it)")
+            yield watch
+        finally:
+            self._local.watch = None
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if event not in _WATCHED_EVENTS:
+            return
+        watch: _Watch | None = getattr(self._local, "watch", None)
+        if watch is None:
+            return
+        if event == "socket.connect":
+            watch.check_connect(args[1])  # (socket, address)
+        elif event == "subprocess.Popen":
+            watch.check_spawn(args[1])  # (executable, args, cwd, env)
+        else:
+            self._local.alive = True
+
+
+EGRESS_GUARD = EgressGuard()
 
 
 class _YtdlpLog:
@@ -76,15 +234,22 @@ class Downloads:
         allow_private: bool,
         max_filesize: int,
         socket_timeout: float,
+        allowed_networks: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._cma = cma
         self.workers = workers
         self.allow_private = allow_private
+        try:
+            allowed = tuple(ipaddress.ip_network(n.strip(), strict=False) for n in allowed_networks)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"allowed networks must be addresses or networks such as 192.168.1.0/24: {exc}"
+            ) from None
+        self.policy = AddressPolicy(allow_private=allow_private, allowed=allowed)
         self.max_filesize = max_filesize
         self.socket_timeout = socket_timeout
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pn-download")
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._cancel: dict[str, threading.Event] = {}
@@ -109,40 +274,41 @@ class Downloads:
         self.closing.set()
 
     async def stop(self) -> None:
+        """Stop the workers at once; a running yt-dlp thread is left behind (see ``_in_daemon_thread``).
+
+        Its download stays "processing" in the queue and is taken up at the next start.
+        """
         self.closing.set()
+        running = len(self._cancel)
         for event in self._cancel.values():
-            event.set()
+            event.set()  # the thread stops at its next progress tick, if it gets one
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if running:
+            log.info("left %d running download(s) to be taken up at the next start", running)
 
     # -- the queue ------------------------------------------------------------
     async def check_url(self, url: str) -> str:
         url = url.strip()
         if len(url) > MAX_URL:
             raise InvalidInput("the URL is too long")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # parsed lazily: "http://h:x/" fails only here
+        except ValueError as exc:
+            raise InvalidInput(f"not a valid URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput("only http:// and https:// URLs can be downloaded")
-        if not self.allow_private:
+        if not self.policy.allow_private:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
+                infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port or 443)
             except OSError:
                 raise InvalidInput(f"cannot resolve {parts.hostname}") from None
             for info in infos:
-                address = ipaddress.ip_address(info[4][0])
-                if (
-                    address.is_private
-                    or address.is_loopback
-                    or address.is_link_local
-                    or address.is_reserved
-                    or address.is_multicast
-                    or address.is_unspecified
-                ):
+                if self.policy.refuses(str(info[4][0])):
                     raise Forbidden(
-                        f"{parts.hostname} is a private or local address; downloads from it are refused "
-                        "([downloads] allow_private is off)"
+                        f"{parts.hostname} is a private or local address; downloads from it are refused {PRIVATE_OFF}"
                     )
         return url
 
@@ -276,15 +442,38 @@ class Downloads:
         }
         if self.max_filesize:
             params["max_filesize"] = self.max_filesize
+        guarded = not self.policy.allow_private
+        if guarded:
+            # Keep the network work in the guarded thread (fragments would otherwise be fetched
+            # from threads of yt-dlp's own), and in Python where the guard sees it: yt-dlp's own
+            # HLS/DASH downloaders rather than ffmpeg (which the guard refuses to hand a URL).
+            params["concurrent_fragment_downloads"] = 1
+            params["external_downloader"] = {"default": "native"}
 
-        def run() -> dict[str, Any]:
-            folder.mkdir(parents=True, exist_ok=True)
+        def fetch() -> dict[str, Any]:
             with yt_dlp.YoutubeDL(params) as ydl:
                 info = ydl.extract_info(row["url"], download=True)
                 return dict(ydl.sanitize_info(info) or {})
 
+        def run() -> tuple[dict[str, Any], str | None]:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not guarded:
+                return fetch(), None
+            with EGRESS_GUARD.guarding(self.policy) as watch:
+                try:
+                    info = fetch()
+                except (yt_dlp.utils.DownloadError, yt_dlp.utils.ExtractorError, OSError):
+                    if watch.refused is not None:
+                        raise _Refused(watch.refused) from None
+                    raise
+                return info, watch.refused
+
         try:
-            info = await loop.run_in_executor(self._executor, run)
+            info, refused = await _in_daemon_thread(run, f"pn-download-{download_id[:8]}")
+        except _Refused as exc:
+            log.info("download %s: %s", download_id, exc.message)
+            await self._set(download_id, {"state": "error", "message": exc.message, "speed": None, "eta": None})
+            return
         except yt_dlp.utils.DownloadCancelled:
             # The partial file goes first, so whoever sees "canceled" finds it gone (as "downloaded" does).
             await loop.run_in_executor(None, lambda: shutil.rmtree(folder, ignore_errors=True))
@@ -296,12 +485,16 @@ class Downloads:
         finally:
             self._cancel.pop(download_id, None)
         path = self._result_file(info, folder)
+        if refused is not None:
+            log.info("download %s went on after this: %s", download_id, refused)
         if path is None:
             reason = (
                 f"yt-dlp skipped the file: it is larger than [downloads] max_filesize ({self.max_filesize} bytes)"
                 if self.max_filesize
                 else "yt-dlp finished without producing a file"
             )
+            if refused is not None:
+                reason = refused
             await self._set(download_id, {"state": "error", "message": reason, "speed": None, "eta": None})
             return
         metadata = {
@@ -383,6 +576,51 @@ class Downloads:
             yield queue
         finally:
             self._subscribers.discard(queue)
+
+
+def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a new daemon thread; the returned future gets its result or exception.
+
+    yt-dlp blocks in socket reads for up to its socket_timeout when a server stalls, and
+    cannot be interrupted. A ThreadPoolExecutor's threads are joined when the interpreter
+    exits, so one stuck download would keep a stopped node's process alive that long after
+    its shutdown. The queue is durable (a download cut by a shutdown is taken up at the next
+    start), so at shutdown the thread is simply abandoned: a daemon thread does not hold the
+    process. Workers bound how many of these threads run (one download each).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the waiting worker was cancelled (shutdown): nobody wants it
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the waiting coroutine, which decides
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the node stopped meanwhile
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+class _Refused(Exception):
+    """A download that failed because the address policy refused a connection it needed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def download_json(row: dict[str, Any]) -> dict[str, Any]:

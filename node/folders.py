@@ -1,7 +1,9 @@
 """Watched folders: rescanned on a schedule and on demand.
 
-New and changed files are ingested (copied into the store), unchanged ones
-are skipped by size and modification time without being read, and files
+New files are ingested (copied into the store), unchanged ones are skipped
+by size and modification time without being read, a file whose content
+changed gives its item the new content in place (same item ID, so its
+comments and views stay; the feed publishes the new content hash), and files
 that disappeared are recorded as deletions of their items.
 """
 
@@ -25,20 +27,29 @@ class WatchedFolders:
 
     async def scan(self) -> dict[str, Any]:
         async with self._lock:
-            out: dict[str, Any] = {"folders": [], "added": 0, "unchanged": 0, "removed": 0, "failed": []}
+            out: dict[str, Any] = {
+                "folders": [],
+                "added": 0,
+                "updated": 0,
+                "unchanged": 0,
+                "removed": 0,
+                "failed": [],
+            }
             for folder in self.folders:
                 report = await self._cma.ingest_paths([folder], None, self.visibility, source="folder")
                 removed = await self._cma.forget_missing_files(folder, source="folder")
                 out["folders"].append(folder)
                 out["added"] += len(report.added)
+                out["updated"] += len(report.updated)
                 out["unchanged"] += report.skipped_unchanged
                 out["removed"] += len(removed)
                 out["failed"] += [{"path": p, "error": e} for p, e in report.failed]
             if self.folders:
                 log.info(
-                    "scanned %d watched folders: %d added, %d unchanged, %d removed, %d failed",
+                    "scanned %d watched folders: %d added, %d updated, %d unchanged, %d removed, %d failed",
                     len(self.folders),
                     out["added"],
+                    out["updated"],
                     out["unchanged"],
                     out["removed"],
                     len(out["failed"]),

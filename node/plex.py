@@ -5,17 +5,26 @@ never on the event loop. A file is referenced in place when this node can
 read it ([plex] mode = "reference", the default) or copied into the store
 ("copy"); either way it is hashed and probed like any other item. Running
 the import again updates changed metadata and adds new items; files whose
-size and modification time did not change are not read again.
+size and modification time did not change are not read again, and a file
+that changed gives its item the new content in place (same item ID).
+
+Plex keeps genres on a show, not on its episodes: an episode takes its
+show's genres, its year when it has none of its own, and its external IDs
+under "show_" keys (``show_imdb``, ...), so that they do not pass for the
+episode's own. Each show is read once per import, in full (a library
+listing carries only the first few genres of each item).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import requests
 from plexapi import exceptions as plex_errors
@@ -27,6 +36,7 @@ from priv_network.errors import Forbidden, InvalidInput, NotFound, PrivNetworkEr
 log = logging.getLogger(__name__)
 
 PLEX_TIMEOUT = 30
+_PLEX_STATUS = re.compile(r"^\((\d{3})\)")
 
 
 class PlexUnreachable(PrivNetworkError):
@@ -79,12 +89,59 @@ def _common(video: Any) -> dict[str, Any]:
     }
 
 
+def _show_metadata(episode: Any, shows: dict[Any, dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """What an episode inherits from its show (blocking: one request per show, then cached in ``shows``)."""
+    key = getattr(episode, "grandparentRatingKey", None)
+    if key is None:
+        return {}
+    if key not in shows:
+        try:
+            show = episode.show()
+        except (plex_errors.NotFound, plex_errors.BadRequest) as exc:
+            title = getattr(episode, "grandparentTitle", None) or key
+            why = "not found" if isinstance(exc, plex_errors.NotFound) else "refused"
+            notes.append(f"show {title!r} could not be read from Plex ({why}); its episodes have no show genres")
+            shows[key] = {}
+        else:
+            shows[key] = {
+                "genres": [g.tag for g in (getattr(show, "genres", None) or []) if getattr(g, "tag", None)],
+                "year": getattr(show, "year", None),
+                "external_ids": _external_ids(show),
+            }
+    return shows[key]
+
+
+def _episode_metadata(episode: Any, show: dict[str, Any]) -> dict[str, Any]:
+    meta = _common(episode)
+    meta["genres"] = list(dict.fromkeys([*meta["genres"], *show.get("genres", [])]))
+    if meta["year"] is None:
+        meta["year"] = show.get("year")
+    for scheme, value in show.get("external_ids", {}).items():
+        meta["external_ids"].setdefault(f"show_{scheme}", value)
+    meta.update(
+        show=getattr(episode, "grandparentTitle", None),
+        season=getattr(episode, "parentIndex", None),
+        episode=getattr(episode, "index", None),
+    )
+    return meta
+
+
 def _file(video: Any) -> str | None:
     for media in getattr(video, "media", None) or []:
         for part in getattr(media, "parts", None) or []:
             if getattr(part, "file", None):
                 return str(part.file)
     return None
+
+
+def _http_status(exc: Exception) -> str:
+    """plexapi's HTTP errors read "(404) not_found; URL <the whole answer>": keep only the status."""
+    match = _PLEX_STATUS.match(str(exc))
+    return f"HTTP {match.group(1)}" if match else "refused"
+
+
+def not_plex(url: str, why: str) -> PlexUnreachable:
+    return PlexUnreachable(f"{url} does not answer like a Plex server ({why}); check --url")
 
 
 def fetch_library(url: str, token: str, section: str | None) -> tuple[list[PlexEntry], list[str]]:
@@ -97,7 +154,14 @@ def fetch_library(url: str, token: str, section: str | None) -> tuple[list[PlexE
     except (requests.exceptions.RequestException, OSError) as exc:
         raise PlexUnreachable(f"cannot reach Plex at {url}: {type(exc).__name__}") from None
     except (plex_errors.BadRequest, plex_errors.NotFound) as exc:
-        raise PlexUnreachable(f"{url} does not answer like a Plex server: {exc}") from None
+        raise not_plex(url, _http_status(exc)) from None
+    except ElementTree.ParseError:
+        # An HTML page or JSON (a web server, another service, this node's own port).
+        raise not_plex(url, "its answer is not XML") from None
+    except (TypeError, AttributeError):
+        # Empty or foreign XML: plexapi trips over the missing MediaContainer fields.
+        log.debug("the answer of %s is not Plex's", url, exc_info=True)
+        raise not_plex(url, "unexpected answer") from None
     if section is not None:
         chosen = [s for s in sections if s.title.casefold() == section.casefold()]
         if not chosen:
@@ -106,6 +170,7 @@ def fetch_library(url: str, token: str, section: str | None) -> tuple[list[PlexE
         sections = chosen
     entries: list[PlexEntry] = []
     notes: list[str] = []
+    shows: dict[Any, dict[str, Any]] = {}
     for sec in sections:
         try:
             if sec.type == "movie":
@@ -121,12 +186,7 @@ def fetch_library(url: str, token: str, section: str | None) -> tuple[list[PlexE
                     if path is None:
                         notes.append(f"{episode.title!r} has no media file; skipped")
                         continue
-                    meta = _common(episode)
-                    meta.update(
-                        show=getattr(episode, "grandparentTitle", None),
-                        season=getattr(episode, "parentIndex", None),
-                        episode=getattr(episode, "index", None),
-                    )
+                    meta = _episode_metadata(episode, _show_metadata(episode, shows, notes))
                     entries.append(PlexEntry(path=path, title=episode.title, metadata=meta))
             else:
                 notes.append(f"section {sec.title!r} ({sec.type}) skipped: only movie and show sections are imported")
@@ -134,6 +194,10 @@ def fetch_library(url: str, token: str, section: str | None) -> tuple[list[PlexE
             raise Forbidden(f"Plex at {url} refused the token (check --token)") from None
         except (requests.exceptions.RequestException, OSError) as exc:
             raise PlexUnreachable(f"lost Plex at {url} while reading {sec.title!r}: {type(exc).__name__}") from None
+        except (plex_errors.BadRequest, plex_errors.NotFound) as exc:
+            raise PlexUnreachable(f"Plex at {url} failed to list {sec.title!r} ({_http_status(exc)})") from None
+        except ElementTree.ParseError:
+            raise PlexUnreachable(f"Plex at {url} sent an answer that is not XML for {sec.title!r}") from None
     return entries, notes
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.blobs import BlobStore, StoredBlob
+from node.blobs import BlobStore, StoredBlob, StreamHasher
 from node.probe import ProbeResult, probe
 from node.store import CmaStore
 from priv_network import __version__
@@ -58,6 +58,9 @@ def comment_from_row(row: dict[str, Any], prefix: str = "") -> CommentInfo:
         deleted=deleted,
     )
 
+
+# Sources whose items follow a file path: when the file changes, its item takes the new content in place.
+FOLLOWS_PATH = ("folder", "plex")
 
 METADATA_FIELDS = ("description", "year", "genres", "show", "season", "episode", "source_url", "external_ids")
 
@@ -149,6 +152,7 @@ class ContentManager:
         self._rows: dict[str, dict[str, Any]] = {}
         self._generation = 0
         self._tokens: dict[str, tuple[Principal, float]] = {}
+        self._protected_paths: _Protected | None = None
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -279,12 +283,36 @@ class ContentManager:
 
     async def set_visibility(self, item_id: str, visibility: str) -> ItemInfo:
         check_item_id(item_id)
-        if not await self._store.update_item(item_id, {"visibility": check_visibility(visibility)}):
+        if not await self._change_visibility(item_id, check_visibility(visibility)):
             raise NotFound(f"no item {item_id}")
-        # Comments and views follow the item to its new audience (and leave the old one).
-        await self._store.republish_item_extras(item_id)
         await self.notify_changed()
         return await self.get_item(item_id)
+
+    async def _change_visibility(self, item_id: str, visibility: str) -> bool:
+        """Record a new visibility in the feed (False: no such item); the caller tells the listeners."""
+        if not await self._store.update_item(item_id, {"visibility": visibility}):
+            return False
+        # Comments and views follow the item to its new audience (and leave the old one).
+        await self._store.republish_item_extras(item_id)
+        return True
+
+    async def apply_visibility(self, report: IngestReport, visibility: str) -> list[tuple[str, str, str]]:
+        """Give the items an add found already stored the visibility the add asked for explicitly.
+
+        Changes the items as `priv-network visibility` does (recorded in the feed, comments and views
+        follow), updates ``report.existing`` in place and returns (item ID, old, new) per item changed.
+        """
+        visibility = check_visibility(visibility)
+        changed: dict[str, tuple[str, str, str]] = {}
+        for item in report.existing:
+            if item.id in changed or item.visibility == visibility:
+                continue
+            if await self._change_visibility(item.id, visibility):
+                changed[item.id] = (item.id, item.visibility, visibility)
+        if changed:
+            await self.notify_changed()
+            report.existing[:] = [await self.get_item(i.id) if i.id in changed else i for i in report.existing]
+        return list(changed.values())
 
     async def remove_item(self, item_id: str) -> None:
         check_item_id(item_id)
@@ -391,18 +419,35 @@ class ContentManager:
         return await self.content_file(item_id)
 
     # -- ingest -------------------------------------------------------------
+    def _protected(self) -> _Protected:
+        """What ingest never takes (blocking the first time: it resolves symlinks)."""
+        if self._protected_paths is None:
+            url = self._store.engine.url
+            database = (
+                url.database
+                if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+                else None
+            )
+            self._protected_paths = _Protected.of(self._blobs.root, database)
+        return self._protected_paths
+
     async def ingest_paths(
         self, paths: Sequence[str], title: str | None, visibility: str, *, source: str = "local"
     ) -> IngestReport:
+        """Ingest files and folders, the one way in for outside paths (the API's add, watched folders).
+
+        Nothing inside the content store or a node's data folder is ever taken (see ``_collect``).
+        """
         visibility = check_visibility(visibility)
         if title is not None:
             title = _check_title(title)
         if not paths:
             raise InvalidInput("nothing to add: give at least one file or folder")
-        candidates, failed = await self._run(_collect, [str(p) for p in paths])
+        protected = await self._run(self._protected)
+        candidates, failed, warnings = await self._run(_collect, [str(p) for p in paths], protected)
         if title is not None and len(candidates) != 1:
             raise InvalidInput(f"--title names one item, but {len(candidates)} files were given")
-        report = IngestReport(failed=failed)
+        report = IngestReport(failed=failed, warnings=warnings)
         known = await self._store.source_files_for([str(c.path) for c in candidates])
         existing_items = await self._store.items_by_hashes(v[2] for v in known.values())
         todo: list[_Candidate] = []
@@ -422,23 +467,38 @@ class ContentManager:
         async def one(cand: _Candidate) -> None:
             async with sem:
                 try:
-                    await self._ingest_one(cand, title, visibility, report, source)
+                    await self._ingest_one(cand, title, visibility, report, source, seen=str(cand.path) in known)
                 except PrivNetworkError as exc:
                     report.failed.append((str(cand.path), exc.message))
                     if exc.status == 507:
                         disk_full.append(exc)
 
         await asyncio.gather(*(one(c) for c in todo))
-        if report.added or title is not None:
+        if report.added or report.updated or title is not None:
             await self.notify_changed()
         if disk_full and not report.added and not report.existing:
             raise disk_full[0]
         return report
 
     async def _ingest_one(
-        self, cand: _Candidate, title: str | None, visibility: str, report: IngestReport, source: str
+        self,
+        cand: _Candidate,
+        title: str | None,
+        visibility: str,
+        report: IngestReport,
+        source: str,
+        *,
+        seen: bool = False,
     ) -> None:
+        """Ingest one file; ``seen``: its path was ingested before (so it may have changed in place)."""
         stored: StoredBlob = await self._run(self._blobs.ingest, cand.path)
+        if seen:
+            updated = await self.replace_changed(
+                stored, source_file=(str(cand.path), cand.size, cand.mtime_ns), source=source, report=report
+            )
+            if updated is not None:
+                report.updated.append(updated)
+                return
         await self.register(
             stored,
             name=cand.path.name,
@@ -471,6 +531,10 @@ class ContentManager:
             raise InvalidInput(f"{path}: {exc.strerror}") from None
         if not stat.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
             raise InvalidInput(f"{path}: not a readable file")
+        protected = await self._run(self._protected)
+        refused = await self._run(protected.refuses, path)
+        if refused is not None:
+            raise InvalidInput(f"{path}: not added: {refused}, which is never added")
         known = (await self._store.source_files_for([str(path)])).get(str(path))
         if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
             existing = (await self._store.items_by_hashes([known[2]])).get(known[2])
@@ -480,6 +544,18 @@ class ContentManager:
                 return after, "unchanged" if after == before else "updated"
         stored: StoredBlob = await self._run(self._blobs.hash_in_place if reference else self._blobs.ingest, path)
         report = IngestReport()
+        changed = await self.replace_changed(
+            stored,
+            source_file=(str(path), st.st_size, st.st_mtime_ns),
+            source=source,
+            report=report,
+            metadata=metadata,
+            external_path=str(path) if reference and not stored.already_stored else None,
+        )
+        if changed is not None:
+            changed = await self.set_metadata(changed.id, metadata, title=title)
+            await self.notify_changed()
+            return changed, "updated"
         await self.register(
             stored,
             name=path.name,
@@ -499,6 +575,88 @@ class ContentManager:
         before = report.existing[0]
         after = await self.set_metadata(before.id, metadata, title=title)
         return after, "unchanged" if after == before else "updated"
+
+    async def replace_changed(
+        self,
+        stored: StoredBlob,
+        *,
+        source_file: tuple[str, int, int],
+        source: str,
+        report: IngestReport,
+        metadata: dict[str, Any] | None = None,
+        external_path: str | None = None,
+    ) -> ItemInfo | None:
+        """A watched or imported file whose content changed: its item takes the new content in place.
+
+        The item keeps its ID, and with it its comments, views, share links and title; the feed
+        publishes it again with the new content hash and manifest, and the old blob is released
+        (its files go unless a pin still holds them). If the new content is already another item
+        (one content is one item), the path leads to that item from now on and the old item is
+        deleted. Returns None, having changed nothing, when this is not such a file: the path is
+        new or its content is the same, the item came from another source, or another file still
+        has the old content; the caller then records the content as usual. The caller tells the
+        listeners.
+        """
+        path, _, _ = source_file
+        if source not in FOLLOWS_PATH:
+            return None
+        known = (await self._store.source_files_for([path])).get(path)
+        if known is None or known[2] == stored.content_hash:
+            return None
+        old_hash = known[2]
+        holders = await self._store.items_by_hashes([old_hash, stored.content_hash])
+        old = holders.get(old_hash)
+        if old is None or old["source"] != source:
+            return None
+        if await self._store.source_files_for_hash(old_hash) != [path]:
+            return None
+        if stored.content_hash in holders:
+            await self._store.add_item(_blob_values(stored, poster=False), {}, source_file)
+            released = await self._store.delete_item(old["id"])
+            if released is not None and await self._store.get_pin(released) is None:
+                await self._run(self._blobs.delete, released)
+            log.info(
+                "%s changed to the content of item %s; item %s deleted",
+                path,
+                holders[stored.content_hash]["id"],
+                old["id"],
+            )
+            return self._info(holders[stored.content_hash])
+        name = Path(path).name
+        blob_path = Path(external_path) if external_path else self._blobs.blob_path(stored.content_hash)
+        result: ProbeResult = await self._run(probe, blob_path, name)
+        if result.poster:
+            await self._run(self._blobs.write_poster, stored.content_hash, result.poster)
+        if result.warning:
+            report.warnings.append((path, result.warning))
+            log.warning("ingest %s: %s", path, result.warning)
+        values: dict[str, Any] = {
+            "kind": result.kind,
+            "mime": result.mime,
+            "size": stored.size,
+            "duration": result.duration,
+            "width": result.width,
+            "height": result.height,
+            "video_codec": result.video_codec,
+            "audio_codec": result.audio_codec,
+            "container": result.container,
+            "original_name": name,
+            "warning": result.warning,
+            **metadata_values(metadata or {}),
+        }
+        if result.duration is None and isinstance((metadata or {}).get("duration"), int | float):
+            values["duration"] = float((metadata or {})["duration"])
+        blob = _blob_values(stored, poster=bool(result.poster), external_path=external_path)
+        if not await self._store.replace_item_content(old["id"], old_hash, blob, values, source_file):
+            return None  # changed meanwhile: recorded as new content instead
+        if await self._store.get_pin(old_hash) is None:
+            await self._run(self._blobs.delete, old_hash)
+        row = await self._store.get_item(old["id"])
+        assert row is not None
+        log.info(
+            "%s changed: item %s now holds its new content (%s, %d bytes)", path, old["id"], result.kind, stored.size
+        )
+        return self._info(row)
 
     async def forget_missing_files(self, folder: str, *, source: str) -> list[str]:
         """Files under ``folder`` that were ingested but are gone: remove their items (a watched folder)."""
@@ -523,15 +681,21 @@ class ContentManager:
         visibility: str,
         source: str,
         metadata: dict[str, Any] | None = None,
+        hashed: StreamHasher | None = None,
     ) -> tuple[ItemInfo, bool]:
         """Adopt a file already inside the store's folder (a finished upload or download): no copy.
 
-        Returns the item and whether it is new (False: the same content was already here).
+        ``hashed``: the file's bytes were hashed as they were written (an upload), so
+        they are not read again. Returns the item and whether it is new (False: the
+        same content was already here).
         """
         visibility = check_visibility(visibility)
         if title is not None:
             title = _check_title(title)
-        stored: StoredBlob = await self._run(self._blobs.adopt, path)
+        if hashed is not None:
+            stored: StoredBlob = await self._run(self._blobs.adopt_hashed, path, hashed)
+        else:
+            stored = await self._run(self._blobs.adopt, path)
         report = IngestReport()
         await self.register(
             stored,
@@ -682,10 +846,63 @@ def _blob_values(stored: StoredBlob, *, poster: bool, external_path: str | None 
     }
 
 
-def _collect(paths: list[str]) -> tuple[list[_Candidate], list[tuple[str, str]]]:
-    """Walk files and folders (blocking). Unreadable entries are reported, not fatal."""
+# A node's data folder always holds its key: a folder holding one is never ingested (this node's,
+# or another node's on the same machine), so the key, the admin token, config.toml and the database
+# beside it can never become items.
+NODE_KEY_FILE = "node.key"
+_DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class _Protected:
+    """What ingest never takes, as resolved paths: the content store, the database files, data folders."""
+
+    store: str
+    files: frozenset[str]
+    names: frozenset[str]  # the files' base names: a folder walk looks further only for these
+
+    @classmethod
+    def of(cls, store_root: Path, database: str | None) -> _Protected:
+        """Blocking (resolves symlinks). ``database``: the SQLite file, if the database is one."""
+        files = frozenset(os.path.realpath(database + s) for s in _DATABASE_SUFFIXES) if database else frozenset()
+        return cls(store=os.path.realpath(store_root), files=files, names=frozenset(map(os.path.basename, files)))
+
+    def refuses(self, path: str | Path) -> str | None:
+        """Why ``path`` must not be ingested, symlinks resolved (blocking); None if it may be."""
+        return self.reason(os.path.realpath(path))
+
+    def reason(self, real: str) -> str | None:
+        """Why the resolved path ``real`` (a file or a folder) must not be ingested; None if it may be."""
+        if _inside(real, self.store):
+            return "it is in this node's content store"
+        if real in self.files:
+            return "it is this node's database"
+        folder = real if os.path.isdir(real) else os.path.dirname(real)
+        while True:
+            if os.path.isfile(os.path.join(folder, NODE_KEY_FILE)):
+                return "it is in a node's data folder (its key, admin token, config and database)"
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return None
+            folder = parent
+
+
+def _collect(
+    paths: list[str], protected: _Protected
+) -> tuple[list[_Candidate], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Walk files and folders (blocking): (candidates, failed, warnings). Unreadable entries are reported, not fatal.
+
+    Nothing inside the content store or a node's data folder is taken, symlinks resolved: a path
+    named explicitly fails with the reason; a folder walk skips such a subtree (or a symlink
+    pointing into one) with one warning.
+    """
     found: dict[str, _Candidate] = {}
     failed: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
 
     def consider(path: Path, st: os.stat_result) -> None:
         if not os.access(path, os.R_OK):
@@ -700,6 +917,11 @@ def _collect(paths: list[str]) -> tuple[list[_Candidate], list[tuple[str, str]]]
         except OSError as exc:
             failed.append((raw, exc.strerror or "cannot read"))
             continue
+        real_root = os.path.realpath(path)
+        refused = protected.reason(real_root)
+        if refused is not None:
+            failed.append((raw, f"not added: {refused}, which is never added"))
+            continue
         if stat.S_ISREG(st.st_mode):
             consider(path, st)
             continue
@@ -711,6 +933,13 @@ def _collect(paths: list[str]) -> tuple[list[_Candidate], list[tuple[str, str]]]
             failed.append((exc.filename or top, exc.strerror or "cannot read"))
 
         for dirpath, dirnames, filenames in os.walk(path, onerror=onerror):
+            # The walk does not follow symlinked folders, so below the root, paths are real.
+            real_dir = os.path.normpath(os.path.join(real_root, os.path.relpath(dirpath, path)))
+            if NODE_KEY_FILE in filenames or _inside(real_dir, protected.store):
+                what = "the content store" if _inside(real_dir, protected.store) else "a node's data folder"
+                warnings.append((dirpath, f"skipped: {what} is never added"))
+                dirnames[:] = []
+                continue
             dirnames.sort()
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in sorted(filenames):
@@ -718,10 +947,20 @@ def _collect(paths: list[str]) -> tuple[list[_Candidate], list[tuple[str, str]]]
                     continue
                 file_path = Path(dirpath) / name
                 try:
-                    fst = file_path.stat()
+                    fst = os.lstat(file_path)
+                    if stat.S_ISLNK(fst.st_mode):
+                        target = os.path.realpath(file_path)
+                        refused = protected.reason(target)
+                        if refused is not None:
+                            warnings.append((str(file_path), f"skipped: it links to {target}; {refused}"))
+                            continue
+                        fst = file_path.stat()
+                    elif name in protected.names and os.path.join(real_dir, name) in protected.files:
+                        warnings.append((str(file_path), "skipped: it is this node's database"))
+                        continue
                 except OSError as exc:
                     failed.append((str(file_path), exc.strerror or "cannot read"))
                     continue
                 if stat.S_ISREG(fst.st_mode):
                     consider(file_path, fst)
-    return list(found.values()), failed
+    return list(found.values()), failed, warnings

@@ -48,6 +48,8 @@ class IngestReport:
     skipped_unchanged: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    # Items whose file changed in place (watched folders, Plex): same ID, new content.
+    updated: list[ItemInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ class PinStore(Protocol):
 
     async def begin(self, item: ItemInfo, manifest: bytes) -> int: ...
 
-    async def write_block(self, content_hash: str, index: int, data: bytes) -> int: ...
+    # ``data``: the block, or the network chunks it arrived in, in order (not joined).
+    async def write_block(self, content_hash: str, index: int, data: bytes | Sequence[bytes | memoryview]) -> int: ...
 
     async def finish(self, content_hash: str) -> None: ...
 

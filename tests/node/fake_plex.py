@@ -7,8 +7,9 @@ It answers the few endpoints an import reads, in Plex's XML:
     GET /library/sections                  one <Directory> per section, with its <Location>
     GET /library/sections/{id}/all         the section's items (type=1 movies, type=4 episodes),
                                            paged by X-Plex-Container-Start/-Size, with totalSize
-    GET /library/metadata/{ratingKey}      one item in full (plexapi reloads a partial object
-                                           when an attribute it reads is missing)
+    GET /library/metadata/{ratingKey}      one item or show in full (plexapi reloads a partial
+                                           object when an attribute it reads is missing, and
+                                           Episode.show() reads the show here)
 
 Every request must carry the right X-Plex-Token (else 401, as Plex does) and
 is recorded, so tests can see what plexapi asked for. The library is plain
@@ -42,9 +43,21 @@ class Movie:
 
 @dataclass
 class Episode(Movie):
-    show: str = ""
+    show: str = ""  # the title of a Show in the section's shows (else a show the fake does not know)
     season: int = 1
     episode: int = 1
+
+
+@dataclass
+class Show:
+    """A show, as Plex keeps it: genres live here, not on its episodes."""
+
+    rating_key: int
+    title: str
+    year: int | None = None
+    summary: str = ""
+    genres: list[str] = field(default_factory=list)
+    guids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +67,14 @@ class Section:
     type: str  # movie, show, artist
     location: str
     items: list[Movie] = field(default_factory=list)
+    shows: list[Show] = field(default_factory=list)
+
+    def show_key(self, episode: Episode) -> int:
+        """The episode's grandparentRatingKey: its show's, or one of its own for a show the fake lacks."""
+        for show in self.shows:
+            if show.title == episode.show:
+                return show.rating_key
+        return episode.rating_key + 1000
 
 
 @dataclass
@@ -61,6 +82,7 @@ class FakePlex:
     token: str
     sections: list[Section] = field(default_factory=list)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    gone: set[int] = field(default_factory=set)  # rating keys answered 404 (deleted in Plex meanwhile)
     server: TestServer | None = None
 
     @property
@@ -196,15 +218,47 @@ class FakePlex:
 
     async def metadata(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
+        if key in {str(k) for k in self.gone}:
+            raise web.HTTPNotFound()
         for section in self.sections:
+            root = Element(
+                "MediaContainer", size="1", librarySectionID=str(section.key), librarySectionTitle=section.title
+            )
             for item in section.items:
                 if str(item.rating_key) == key:
-                    root = Element(
-                        "MediaContainer", size="1", librarySectionID=str(section.key), librarySectionTitle=section.title
-                    )
                     self._video(root, section, item)
                     return self._xml(root)
+            for show in section.shows:
+                if str(show.rating_key) == key:
+                    self._show(root, section, show)
+                    return self._xml(root)
         raise web.HTTPNotFound()
+
+    @staticmethod
+    def _show(root: Element, section: Section, show: Show) -> None:
+        episodes = [i for i in section.items if isinstance(i, Episode) and i.show == show.title]
+        attrs = {
+            "ratingKey": str(show.rating_key),
+            "key": f"/library/metadata/{show.rating_key}/children",
+            "guid": f"plex://show/{show.rating_key:024x}",
+            "type": "show",
+            "title": show.title,
+            "summary": show.summary,
+            "index": "1",
+            "librarySectionID": str(section.key),
+            "librarySectionTitle": section.title,
+            "leafCount": str(len(episodes)),
+            "childCount": str(len({e.season for e in episodes})),
+            "addedAt": "1700000000",
+            "updatedAt": "1700000000",
+        }
+        if show.year is not None:
+            attrs["year"] = str(show.year)
+        directory = SubElement(root, "Directory", attrs)
+        for genre in show.genres:
+            SubElement(directory, "Genre", tag=genre)
+        for guid in show.guids:
+            SubElement(directory, "Guid", id=guid)
 
     @staticmethod
     def _video(root: Element, section: Section, item: Movie) -> None:
@@ -229,8 +283,8 @@ class FakePlex:
                 type="episode",
                 guid=f"plex://episode/{item.rating_key:024x}",
                 grandparentTitle=item.show,
-                grandparentRatingKey=str(item.rating_key + 1000),
-                grandparentKey=f"/library/metadata/{item.rating_key + 1000}",
+                grandparentRatingKey=str(section.show_key(item)),
+                grandparentKey=f"/library/metadata/{section.show_key(item)}",
                 parentTitle=f"Season {item.season}",
                 parentIndex=str(item.season),
                 parentRatingKey=str(item.rating_key + 2000),

@@ -347,6 +347,9 @@ async def test_private_addresses_are_refused_by_default(node: RunningNode, site:
         {},
         {"url": "http://127.0.0.1/" + "a" * 3000},
         {"url": "http://127.0.0.1/x.mp4", "visibility": "everyone"},
+        {"url": "http://[::1"},
+        {"url": "http://127.0.0.1:port/x.mp4"},
+        {"url": "http://127.0.0.1:99999/x.mp4"},
     ],
 )
 async def test_bad_urls_are_400(node_factory: NodeFactory, body: dict[str, Any]) -> None:
@@ -355,6 +358,14 @@ async def test_bad_urls_are_400(node_factory: NodeFactory, body: dict[str, Any])
     assert status == 400, data
     assert data["error"]["code"] == "invalid_input"
     assert (await node.api("GET", "/api/v1/downloads"))["downloads"] == []
+
+
+@pytest.mark.parametrize("allow_private", [True, False])
+async def test_a_malformed_url_is_not_a_valid_url(node_factory: NodeFactory, allow_private: bool) -> None:
+    node = await node_factory(downloads={**PRIVATE_OK, "allow_private": allow_private})
+    status, data = await post(node, {"url": "http://[::1"})
+    assert status == 400, data
+    assert data["error"]["message"].startswith("not a valid URL")
 
 
 async def test_events_stream_a_snapshot_then_progress(node_factory: NodeFactory, site: FakeSite) -> None:

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from node import blobs as blobs_module
+from node.service import ContentManager
+from priv_network.server import NODE
+from priv_network.wire import FeedEntry
 from tests.conftest import Cli, NodeFactory, RunningNode, free_port
 from tests.priv_network.test_cli import Servers, ok
 
@@ -76,7 +79,14 @@ async def test_scan_adds_new_files_then_skips_unchanged_ones(
     (watched / ".hidden.mp4").write_bytes(b"not for the catalog")
 
     report = await scan(node)
-    assert report == {"folders": [str(watched)], "added": 4, "unchanged": 0, "removed": 0, "failed": []}
+    assert report == {
+        "folders": [str(watched)],
+        "added": 4,
+        "updated": 0,
+        "unchanged": 0,
+        "removed": 0,
+        "failed": [],
+    }
     assert {p.name for p in ingests} == MEDIA
     found = await items(node)
     assert set(found) == {"Spider-Man Homecoming", "Amélie - La Valse", "cover", "notes"}
@@ -91,7 +101,21 @@ async def test_scan_adds_new_files_then_skips_unchanged_ones(
     assert await items(node) == found
 
 
-async def test_changed_file_is_ingested_again(
+def cma_of(node: RunningNode) -> ContentManager:
+    return node.client.app[NODE].cma
+
+
+async def feed_since(node: RunningNode, since: int) -> dict[str, FeedEntry]:
+    """The item entries of this node's changes feed after ``since`` (what a peer reads next), by item ID."""
+    page = await cma_of(node).changes(since, 1000)
+    return {e.id: e for e in page.entries if e.entity == "item"}
+
+
+def blob_file(node: RunningNode, content_hash: str) -> Path:
+    return node.config.store_path / "blobs" / content_hash[:2] / content_hash[2:4] / content_hash
+
+
+async def test_changed_file_updates_its_item_in_place(
     node_factory: NodeFactory,
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
@@ -100,23 +124,95 @@ async def test_changed_file_is_ingested_again(
 ) -> None:
     watched = tmp_path / "watched"
     shutil.copytree(media_dir, watched)
-    node = await watching(node_factory, caplog, watched)
+    node = await watching(node_factory, caplog, watched, visibility="network")
     before = await items(node)
     assert len(before) == 4
+    notes = before["notes"]
+    await node.api("POST", f"/api/v1/items/{notes['id']}/comments", json={"body": "the first version"})
+    since = (await cma_of(node).status()).feed_seq
     ingests.clear()
 
-    (watched / "notes.txt").write_text("new notes, longer than before\n")
+    new_text = b"new notes, longer than before\n"
+    (watched / "notes.txt").write_bytes(new_text)
     report = await scan(node)
-    assert (report["added"], report["unchanged"]) == (1, 3)
-    assert ingests == [watched / "notes.txt"]
-    notes = [i for i in (await node.api("GET", "/api/v1/items"))["items"] if i["title"] == "notes"]
-    new = [i for i in notes if i["id"] != before["notes"]["id"]]
-    assert len(new) == 1
-    async with node.client.get(new[0]["content_url"], headers=node.auth) as resp:
-        assert await resp.read() == b"new notes, longer than before\n"
+    assert (report["added"], report["updated"], report["unchanged"], report["removed"]) == (0, 1, 3, 0)
+    assert ingests == [watched / "notes.txt"]  # only the changed file was read
+
+    after = await items(node)
+    assert set(after) == set(before)
+    updated = after["notes"]
+    assert updated["id"] == notes["id"]  # the same item, so its comments, views and links stay
+    assert updated["content_hash"] != notes["content_hash"]
+    assert updated["manifest_hash"] != notes["manifest_hash"]
+    assert updated["size"] == len(new_text)
+    async with node.client.get(updated["content_url"], headers=node.auth) as resp:
+        assert await resp.read() == new_text
+    comments = await node.api("GET", f"/api/v1/items/{notes['id']}/comments")
+    assert [c["body"] for c in comments["comments"]] == ["the first version"]
+    # The old content is released, the new one stored.
+    assert not blob_file(node, notes["content_hash"]).exists()
+    assert blob_file(node, updated["content_hash"]).read_bytes() == new_text
+
+    # Peers read the new version from the feed: an upsert of the same item with the new hashes.
+    changed = await feed_since(node, since)
+    assert set(changed) == {notes["id"]}
+    entry = changed[notes["id"]]
+    assert entry.op == "upsert" and entry.item is not None
+    assert (entry.item.content_hash, entry.item.manifest_hash) == (updated["content_hash"], updated["manifest_hash"])
+    # ...as this node's own registry already did (it reads the feed like a peer's).
+    hits = (await node.api("GET", "/api/v1/search", params={"q": "notes"}))["results"]
+    assert [(h["id"], h["content_hash"]) for h in hits] == [(notes["id"], updated["content_hash"])]
+
     ingests.clear()
-    assert (await scan(node))["added"] == 0
+    again = await scan(node)
+    assert (again["added"], again["updated"], again["unchanged"]) == (0, 0, 4)
     assert ingests == []
+
+
+async def test_file_changed_into_another_files_content_leads_to_that_item(
+    node_factory: NodeFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path, media_dir: Path
+) -> None:
+    """One content is one item: the changed file's old item goes (a deletion in the feed)."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    shutil.copy2(media_dir / "cover.png", watched / "cover.png")
+    shutil.copy2(media_dir / "notes.txt", watched / "notes.txt")
+    node = await watching(node_factory, caplog, watched)
+    before = await items(node)
+    since = (await cma_of(node).status()).feed_seq
+
+    shutil.copyfile(watched / "cover.png", watched / "notes.txt")
+    report = await scan(node)
+    assert (report["added"], report["updated"], report["unchanged"], report["removed"]) == (0, 1, 1, 0)
+    assert set(await items(node)) == {"cover"}
+    assert not blob_file(node, before["notes"]["content_hash"]).exists()
+    changed = await feed_since(node, since)
+    assert [(e.id, e.op) for e in changed.values()] == [(before["notes"]["id"], "delete")]
+
+    # Both paths now lead to the cover: it stays while either remains.
+    (watched / "notes.txt").unlink()
+    assert (await scan(node))["removed"] == 0
+    assert set(await items(node)) == {"cover"}
+
+
+async def test_changed_file_whose_old_content_lives_on_elsewhere_is_a_new_item(
+    node_factory: NodeFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path, media_dir: Path
+) -> None:
+    watched = tmp_path / "watched"
+    (watched / "a").mkdir(parents=True)
+    (watched / "b").mkdir()
+    shutil.copy2(media_dir / "notes.txt", watched / "a" / "notes.txt")
+    shutil.copy2(media_dir / "notes.txt", watched / "b" / "notes copy.txt")
+    node = await watching(node_factory, caplog, watched)
+    (old,) = (await items(node)).values()
+
+    (watched / "a" / "notes.txt").write_text("rewritten\n")
+    report = await scan(node)
+    assert (report["added"], report["updated"], report["unchanged"]) == (1, 0, 1)
+    found = {i["id"]: i for i in (await node.api("GET", "/api/v1/items"))["items"]}
+    assert old["id"] in found  # b/notes copy.txt still has the old content
+    assert len(found) == 2
+    assert blob_file(node, old["content_hash"]).exists()
 
 
 async def test_removed_file_takes_its_item_along(
@@ -126,16 +222,19 @@ async def test_removed_file_takes_its_item_along(
     shutil.copytree(media_dir, watched)
     node = await watching(node_factory, caplog, watched)
     cover = (await items(node))["cover"]
-    blob = node.config.store_path / "blobs" / cover["content_hash"][:2] / cover["content_hash"][2:4]
-    assert (blob / cover["content_hash"]).exists()
+    assert blob_file(node, cover["content_hash"]).exists()
+    since = (await cma_of(node).status()).feed_seq
 
     (watched / "cover.png").unlink()
     report = await scan(node)
     assert (report["added"], report["unchanged"], report["removed"]) == (0, 3, 1)
     async with node.client.get(f"/api/v1/items/{cover['id']}", headers=node.auth) as resp:
         assert resp.status == 404
-    assert not (blob / cover["content_hash"]).exists()
+    assert not blob_file(node, cover["content_hash"]).exists()
     assert set(await items(node)) == {"Spider-Man Homecoming", "Amélie - La Valse", "notes"}
+    # Recorded as a deletion in the feed, so peers drop it too.
+    changed = await feed_since(node, since)
+    assert [(e.id, e.op) for e in changed.values()] == [(cover["id"], "delete")]
     assert (await scan(node))["removed"] == 0
 
 

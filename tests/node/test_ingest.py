@@ -198,3 +198,141 @@ async def test_bad_add_requests_get_400(node: RunningNode, body: bytes) -> None:
         data = await resp.json()
         assert data["error"]["code"] == "invalid_input"
         assert "\n" not in data["error"]["message"]
+
+
+# -- the node's own files are never ingested ------------------------------------
+
+
+def data_folder(node: RunningNode) -> Path:
+    """The node's data folder as `init` leaves it: key, admin token, config (the test node has no key file)."""
+    data = node.config.data_dir
+    node.identity.save(node.config.key_path)
+    (data / "admin.token").write_text(node.token + "\n")
+    (data / "config.toml").write_text("[node]\nname = 'alice'\n")
+    return data
+
+
+async def all_items(node: RunningNode) -> list[dict]:
+    return list((await node.api("GET", "/api/v1/items"))["items"])
+
+
+async def test_the_data_folder_and_its_files_are_refused_by_name(node: RunningNode, media_dir: Path) -> None:
+    data = data_folder(node)
+    secrets_ = [data / "node.key", data / "admin.token", data / "config.toml", data]
+    report = await add(node, *secrets_, media_dir / "cover.png")
+    assert [i["title"] for i in report["added"]] == ["cover"]  # the rest still ingests
+    failed = {f["path"]: f["error"] for f in report["failed"]}
+    assert set(failed) == {str(p) for p in secrets_}
+    for message in failed.values():
+        assert "data folder" in message and "never added" in message and "\n" not in message
+    # So does a file of the content store, and (SQLite) the database, even by another name.
+    blob = next(p for p in (node.config.store_path / "blobs").rglob("*") if p.is_file())
+    database = Path(node.config.database_url.split("///", 1)[1]) if "sqlite" in node.config.database_url else None
+    report = await add(node, blob, node.config.store_path, *([database] if database else []), expect=200)
+    failed = {f["path"]: f["error"] for f in report["failed"]}
+    assert "content store" in failed[str(blob)] and "content store" in failed[str(node.config.store_path)]
+    if database is not None:
+        assert "database" in failed[str(database)]
+    assert [i["title"] for i in await all_items(node)] == ["cover"]
+
+
+async def test_a_folder_walk_skips_the_data_folder_and_the_store(
+    node_factory: NodeFactory, media_dir: Path, tmp_path: Path
+) -> None:
+    # The store placed inside the media tree, and the node's data folder beside the media.
+    node = await node_factory(store={"path": str(media_dir / "pn-store")})
+    data = data_folder(node)
+    await add(node, media_dir / "cover.png")  # the store now holds a blob and its folders
+    report = await add(node, tmp_path)
+    added = {i["title"] for i in report["added"]}
+    assert added == {"Spider-Man Homecoming", "Amélie - La Valse", "notes"}
+    assert [i["title"] for i in report["existing"]] == ["cover"]
+    warnings = {w["path"]: w["warning"] for w in report["warnings"]}
+    # The test's SQLite database sits in tmp_path, outside the data folder: its files are skipped too.
+    database = {p: w for p, w in warnings.items() if Path(p).name.startswith("node.db")}
+    assert set(database.values()) <= {"skipped: it is this node's database"}
+    if "sqlite" in node.config.database_url:
+        assert str(tmp_path / "node.db") in database
+    assert {p: w for p, w in warnings.items() if p not in database} == {
+        str(data): "skipped: a node's data folder is never added",
+        str(media_dir / "pn-store"): "skipped: the content store is never added",
+    }
+    assert report["failed"] == []
+
+
+async def test_symlinks_into_the_data_folder_are_resolved(node: RunningNode, media_dir: Path, tmp_path: Path) -> None:
+    data = data_folder(node)
+    (media_dir / "innocent.mp4").symlink_to(data / "node.key")
+    (tmp_path / "looks-like-media").symlink_to(data, target_is_directory=True)
+    report = await add(node, media_dir, media_dir / "innocent.mp4", tmp_path / "looks-like-media")
+    assert {i["title"] for i in report["added"]} == {"Spider-Man Homecoming", "Amélie - La Valse", "cover", "notes"}
+    failed = {Path(f["path"]).name: f["error"] for f in report["failed"]}
+    assert set(failed) == {"innocent.mp4", "looks-like-media"}
+    assert all("data folder" in e for e in failed.values())
+    warnings = {Path(w["path"]).name: w["warning"] for w in report["warnings"]}
+    assert warnings["innocent.mp4"].startswith(f"skipped: it links to {data / 'node.key'}")
+
+
+async def test_a_watched_folder_around_the_data_folder_skips_it(node_factory: NodeFactory, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "film.bin").write_bytes(os.urandom(1000))
+    node = await node_factory(folders={"paths": [str(tmp_path)], "visibility": "private"})
+    data_folder(node)
+    scan = await node.api("POST", "/api/v1/scan")
+    assert scan["failed"] == []
+    assert [i["title"] for i in await all_items(node)] == ["film"]
+
+
+async def test_an_import_cannot_reference_the_data_folder(node: RunningNode) -> None:
+    from priv_network.errors import InvalidInput
+    from priv_network.server import NODE
+
+    data = data_folder(node)
+    cma = node.client.app[NODE].cma
+    with pytest.raises(InvalidInput, match="data folder"):
+        await cma.ingest_file(
+            data / "admin.token", title=None, visibility="private", source="plex", metadata={}, reference=True
+        )
+    assert await all_items(node) == []
+
+
+# -- `add --visibility` on content already stored --------------------------------
+
+
+async def test_an_explicit_visibility_applies_to_items_already_stored(node: RunningNode, media_dir: Path) -> None:
+    first = (await add(node, media_dir / "cover.png", visibility="network"))["added"][0]
+    seq = (await node.api("GET", "/api/v1/status"))["feed_seq"]
+    # Without a visibility, the stored item keeps its own; nothing is recorded.
+    again = await add(node, media_dir / "cover.png", expect=200)
+    assert [i["visibility"] for i in again["existing"]] == ["network"]
+    assert again["visibility_changed"] == []
+    assert (await node.api("GET", "/api/v1/status"))["feed_seq"] == seq
+    # With one, it takes it (a folder add too, for the files already stored), recorded in the feed.
+    report = await add(node, media_dir, visibility="private")
+    assert len(report["added"]) == 3
+    assert [(i["id"], i["visibility"]) for i in report["existing"]] == [(first["id"], "private")]
+    assert report["visibility_changed"] == [{"id": first["id"], "was": "network", "now": "private"}]
+    assert (await node.api("GET", f"/api/v1/items/{first['id']}"))["visibility"] == "private"
+    assert (await node.api("GET", "/api/v1/status"))["feed_seq"] > seq
+    # Asking for the visibility it already has changes nothing.
+    same = await add(node, media_dir / "cover.png", visibility="private", expect=200)
+    assert same["visibility_changed"] == []
+
+
+async def test_the_api_takes_only_absolute_paths(node: RunningNode, media_dir: Path, tmp_path: Path) -> None:
+    for body in ({"paths": ["relative.mp4"]}, {"paths": [str(media_dir), "sub/x.mp4"]}, {"paths": ["~/x.mp4"]}):
+        async with node.client.post("/api/v1/items", json=body, headers=node.auth) as resp:
+            data = await resp.json()
+            assert resp.status == 400, data
+            assert "absolute" in data["error"]["message"] and "\n" not in data["error"]["message"]
+    async with node.client.post("/api/v1/items", json={"paths": ["/tmp/a\0b"]}, headers=node.auth) as resp:
+        assert resp.status == 400
+    assert await all_items(node) == []
+    for path in ("relative.tar", "./x.tar", "~/x.tar"):
+        async with node.client.post("/api/v1/backup", json={"path": path}, headers=node.auth) as resp:
+            data = await resp.json()
+            assert resp.status == 400, data
+            assert "absolute" in data["error"]["message"]
+    async with node.client.post("/api/v1/backup", json={"path": str(tmp_path / "b.tar")}, headers=node.auth) as resp:
+        assert resp.status == 201, await resp.text()

@@ -11,11 +11,13 @@ from typing import Any
 
 import plexapi.base
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from node import blobs as blobs_module
 from tests.conftest import Cli, NodeFactory, RunningNode, free_port
 from tests.media import make_video
-from tests.node.fake_plex import Episode, FakePlex, Movie, Section
+from tests.node.fake_plex import Episode, FakePlex, Movie, Section, Show
 from tests.priv_network.test_cli import Servers, ok, one_line_error
 
 TOKEN = "plex-secret-token"
@@ -37,7 +39,7 @@ def _video(path: Path, seconds: float, width: int, audio: bool = True) -> tuple[
 
 @pytest.fixture
 async def plex(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Plex]:
-    """Two movies and two episodes as real files, and a music section; pages of two items."""
+    """Three movies and two episodes of one show as real files, and a music section; pages of two items."""
     monkeypatch.setattr(plexapi.base, "X_PLEX_CONTAINER_SIZE", 2)  # so three movies take two pages
     movies, shows = tmp_path / "plex" / "Movies", tmp_path / "plex" / "TV Shows" / "Night Garden" / "Season 01"
     movies.mkdir(parents=True)
@@ -91,13 +93,22 @@ async def plex(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
                     21,
                     "Morning Frost",
                     *ep2,
-                    year=2021,
                     duration_ms=1500,
                     summary="It goes on.",
                     show="Night Garden",
                     season=1,
                     episode=2,
                 ),
+            ],
+            shows=[
+                Show(
+                    30,
+                    "Night Garden",
+                    year=2019,
+                    summary="A garden at night.",
+                    genres=["Fantasy", "Mystery", "Family"],
+                    guids=["imdb://tt9000001", "tvdb://555"],
+                )
             ],
         ),
         Section(3, "Music", "artist", str(tmp_path / "plex" / "Music")),
@@ -152,7 +163,17 @@ async def test_import_references_files_with_their_metadata(node: RunningNode, pl
     assert (episode["show"], episode["season"], episode["episode"]) == ("Night Garden", 1, 2)
     assert episode["source"] == "plex"
     assert episode["duration"] == pytest.approx(1.5, abs=0.2)
-    assert items["The Long Night"]["external_ids"] == {"tvdb": "7001"}
+    assert episode["description"] == "It goes on."  # its own, not the show's
+
+    # Episodes carry no genres in Plex: they take their show's (all of them), and its year when
+    # they have none; the show's external IDs come under show_ keys, next to the episode's own.
+    first = items["The Long Night"]
+    assert first["genres"] == episode["genres"] == ["Fantasy", "Mystery", "Family"]
+    assert (first["year"], episode["year"]) == (2021, 2019)
+    assert first["external_ids"] == {"tvdb": "7001", "show_imdb": "tt9000001", "show_tvdb": "555"}
+    assert episode["external_ids"] == {"show_imdb": "tt9000001", "show_tvdb": "555"}
+    # The show was read once, not once per episode.
+    assert len([p for p in plex.fake.paths() if p.startswith("/library/metadata/30?")]) == 1
 
     # Reference mode: played where they are, nothing copied into the store.
     assert blob_files(node) == []
@@ -202,6 +223,49 @@ async def test_reimport_adds_and_updates_only_what_changed(
     assert (ran["year"], ran["genres"]) == (1985, ["War"])
 
 
+async def test_episodes_of_a_show_plex_cannot_read_are_imported_with_a_note(node: RunningNode, plex: Plex) -> None:
+    plex.fake.gone.add(30)  # the show, deleted in Plex while its episodes are listed
+    report = await import_plex(node, plex.body(section="TV Shows"))
+    assert len(report["added"]) == 2
+    assert len(report["notes"]) == 1
+    assert report["notes"] == [
+        "show 'Night Garden' could not be read from Plex (not found); its episodes have no show genres"
+    ]
+    first = (await items_by_title(node))["The Long Night"]
+    assert (first["genres"], first["year"], first["external_ids"]) == ([], 2021, {"tvdb": "7001"})
+
+
+async def test_reimport_follows_a_changed_file_in_place(
+    node: RunningNode, plex: Plex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await import_plex(node, plex.body(section="Movies"))
+    before = (await items_by_title(node))["Heat"]
+    await node.api("POST", f"/api/v1/items/{before['id']}/comments", json={"body": "seen it"})
+    reads: list[Path] = []
+    original = blobs_module.BlobStore.hash_in_place
+    monkeypatch.setattr(blobs_module.BlobStore, "hash_in_place", lambda self, p: reads.append(p) or original(self, p))
+
+    source = plex.media / "Movies" / "Heat (1995).mp4"
+    _video(source, 2, 176)  # Plex's file was replaced (a better copy)
+    plex.fake.item(12).size = source.stat().st_size
+    report = await import_plex(node, plex.body(section="Movies"))
+    assert (report["added"], report["updated"], report["unchanged"]) == ([], [before["id"]], 2)
+    assert reads == [source]
+    after = (await items_by_title(node))["Heat"]
+    assert after["id"] == before["id"]
+    assert after["content_hash"] != before["content_hash"]
+    assert after["width"] == 176 and after["size"] == source.stat().st_size
+    assert await content(node, after) == source.read_bytes()
+    comments = await node.api("GET", f"/api/v1/items/{before['id']}/comments")
+    assert [c["body"] for c in comments["comments"]] == ["seen it"]
+    assert len((await node.api("GET", "/api/v1/items"))["items"]) == 3
+    assert blob_files(node) == []  # still referenced in place
+
+    again = await import_plex(node, plex.body(section="Movies"))
+    assert (again["added"], again["updated"], again["unchanged"]) == ([], [], 3)
+    assert reads == [source]  # the new size and time were recorded: not read a second time
+
+
 async def test_copy_mode_copies_files_into_the_store(node_factory: NodeFactory, plex: Plex) -> None:
     node = await node_factory(plex={"mode": "copy"})
     report = await import_plex(node, plex.body(section="Movies"))
@@ -233,6 +297,66 @@ async def test_unreachable_server_is_a_clear_502(node: RunningNode) -> None:
 
 async def test_something_else_than_plex_is_a_clear_502(node: RunningNode, plex: Plex) -> None:
     data = await import_plex(node, {"url": plex.fake.url + "/nowhere", "token": TOKEN}, expect=502)
+    assert "does not answer like a Plex server" in data["error"]["message"]
+
+
+NOT_FOUND_PAGE = (
+    "<html><head><title>404 Not Found</title></head><body>" + "<p>nothing here</p>" * 200 + "</body></html>"
+)
+
+
+@pytest.fixture
+async def not_plex() -> AsyncIterator[str]:
+    """A web server that is not Plex: HTML, JSON, an empty or foreign XML answer, an HTML 404 or 500."""
+    answers = {
+        "html": web.Response(
+            text="<!DOCTYPE html><html><meta charset=utf-8><p>Directory listing", content_type="text/html"
+        ),
+        "json": web.json_response({"status": "ok"}),
+        "empty": web.Response(text=""),
+        "rss": web.Response(text="<rss><channel/></rss>", content_type="text/xml"),
+        "404": web.Response(text=NOT_FOUND_PAGE, status=404, content_type="text/html"),
+        "500": web.Response(text=NOT_FOUND_PAGE, status=500, content_type="text/html"),
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        template = answers[request.match_info["kind"]]
+        return web.Response(body=template.body, status=template.status, content_type=template.content_type)
+
+    app = web.Application()
+    app.router.add_get("/{kind}/{tail:.*}", answer)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("html", "its answer is not XML"),
+        ("json", "its answer is not XML"),
+        ("empty", "unexpected answer"),
+        ("rss", "unexpected answer"),
+        ("404", "HTTP 404"),
+        ("500", "HTTP 500"),
+    ],
+)
+async def test_a_web_server_that_is_not_plex_is_one_short_line(
+    node: RunningNode, not_plex: str, kind: str, why: str
+) -> None:
+    url = f"{not_plex}/{kind}"
+    data = await import_plex(node, {"url": url, "token": TOKEN}, expect=502)
+    assert data["error"]["code"] == "plex_unreachable"
+    assert data["error"]["message"] == f"{url} does not answer like a Plex server ({why}); check --url"
+
+
+async def test_this_nodes_own_url_is_not_plex(node: RunningNode) -> None:
+    """The typical wrong-port mistake: the node's own address."""
+    url = str(node.client.make_url("")).rstrip("/")
+    data = await import_plex(node, {"url": url, "token": TOKEN}, expect=502)
     assert "does not answer like a Plex server" in data["error"]["message"]
 
 
@@ -285,6 +409,8 @@ async def test_search_finds_imported_items(node: RunningNode, plex: Plex) -> Non
     assert await search(q="", genre="drama", year="1995") == ["Heat"]
     assert await search(q="", year="1982") == ["Blade Runner"]
     assert await search(q="", source="plex", genre="Noir") == ["Blade Runner"]
+    assert await search(q="", genre="mystery") == ["Morning Frost", "The Long Night"]
+    assert await search(q="", year="2019") == ["Morning Frost"]
     hit = (await node.api("GET", "/api/v1/search", params={"q": "frost"}))["results"][0]
     assert (hit["show"], hit["season"], hit["episode"], hit["source"]) == ("Night Garden", 1, 2, "plex")
 
