@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -15,17 +14,17 @@ from aiohttp import hdrs, web
 from node import backup
 from node.community import Community
 from node.folders import WatchedFolders
-from node.network import Network
+from node.network import Network, verify_key_chain
 from node.pins import Pins
 from node.plex import PlexImport
 from node.service import ContentManager, check_visibility
 from node.serving import FileServe, OpenFiles
-from node.shares import Shares
+from node.shares import ShareCut, Shares, ShareServe
 from node.traffic import Traffic
 from node.users import Users
 from priv_network import __version__
 from priv_network.config import Config, parse_duration
-from priv_network.errors import ConfigError, InvalidInput, NotFound, PrivNetworkError, Unauthorized
+from priv_network.errors import ConfigError, InvalidInput, NotFound, Unauthorized
 from priv_network.http import content_headers, int_param, json_body, peer_of, principal_of, require_admin
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
@@ -33,10 +32,6 @@ from priv_network.wire import ItemInfo, RosterEvent, check_item_id
 
 MAX_ANNOUNCED_EVENTS = 16
 MAX_INBOX = 1000
-
-# One byte range, as priv_network.ranges honours it (used to tell where a share
-# link download starts; the response itself is built by node.serving).
-_SINGLE_RANGE = re.compile(r"^\s*bytes=(\d+-\d*|-\d+)\s*$", re.ASCII)
 
 
 def item_json(item: ItemInfo) -> dict[str, Any]:
@@ -60,10 +55,17 @@ def report_json(report: IngestReport) -> dict[str, Any]:
     }
 
 
-def file_response(f: ContentFile, files: OpenFiles, *, immutable: bool = False) -> FileServe:
+# A URL naming content by its hash never changes what it serves; a URL naming an item
+# does when a watched or imported file changes in place, so caches revalidate it (a
+# 304 from the ETag when nothing changed).
+IMMUTABLE = "private, max-age=31536000, immutable"
+REVALIDATE = "private, no-cache"
+
+
+def file_response(f: ContentFile, files: OpenFiles, *, cache: str | None = None) -> FileServe:
     headers = content_headers(f.mime)
-    if immutable:
-        headers[hdrs.CACHE_CONTROL] = "private, max-age=31536000, immutable"
+    if cache:
+        headers[hdrs.CACHE_CONTROL] = cache
     return FileServe(f.path, files, headers=headers)
 
 
@@ -126,21 +128,28 @@ class ShareApi:
         return web.json_response({"revoked": request.match_info["id"]})
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        starts_at_zero = _range_start(request.headers.get(hdrs.RANGE)) == 0
-        share_id, f = await self.shares.open(request.match_info["token"], counts=starts_at_zero)
-        response = file_response(f, self.files)
+        share_id, f = await self.shares.open(request.match_info["token"])
+        response = ShareServe(f, self.files, self.shares, share_id, headers=content_headers(f.mime))
         response.headers[hdrs.CONTENT_DISPOSITION] = "attachment"
         response.headers[hdrs.CACHE_CONTROL] = "no-store"
-        return await send_counted(request, response, self.traffic, f"share:{share_id}")
+        try:
+            return await send_counted(request, response, self.traffic, f"share:{share_id}")
+        except ShareCut:
+            # It asked for more than the link had left: closed where the allowance ended (the client sees
+            # a short body). Handing the response back lets aiohttp finish it quietly.
+            await self.traffic.add(f"share:{share_id}", "sent", response.taken)
+            return response
 
 
-def _range_start(header: str | None) -> int:
-    """Where a request starts reading (0 for no or unusable Range)."""
-    match = _SINGLE_RANGE.match(header or "")
-    if not match:
-        return 0
-    spec = match.group(1)
-    return 1 if spec.startswith("-") else int(spec.split("-", 1)[0])
+def absolute_path(path: str) -> Path:
+    """A path the API was given: absolute, as the node resolves nothing against its own working folder."""
+    if "\0" in path:
+        raise InvalidInput("a path must not contain a NUL character")
+    if not Path(path).is_absolute():
+        raise InvalidInput(
+            f"paths must be absolute (the node does not resolve them against its own folder): {path[:200]!r}"
+        )
+    return Path(path)
 
 
 class ItemsApi:
@@ -197,15 +206,20 @@ class ItemsApi:
         paths = body.get("paths")
         if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
             raise InvalidInput("paths must be a list of file or folder paths")
+        for path in paths:
+            absolute_path(path)
         title = body.get("title")
         if title is not None and not isinstance(title, str):
             raise InvalidInput("title must be a string")
+        # New items are private unless told; items already stored keep theirs unless told explicitly.
         visibility = body.get("visibility", "private")
         if not isinstance(visibility, str):
             raise InvalidInput("visibility must be a string")
         report = await self.cma.ingest_paths(paths, title, visibility)
-        status = 201 if report.added else 200
-        return web.json_response(report_json(report), status=status)
+        changed = await self.cma.apply_visibility(report, visibility) if "visibility" in body else []
+        out = report_json(report)
+        out["visibility_changed"] = [{"id": i, "was": was, "now": now} for i, was, now in changed]
+        return web.json_response(out, status=201 if report.added else 200)
 
     async def get_item(self, request: web.Request) -> web.Response:
         item_id = request.match_info["id"]
@@ -254,9 +268,9 @@ class ItemsApi:
             remote = await self.broker.item(item_id)
             pinned = await self.pins.local_file(remote.content_hash)
             if pinned is not None:
-                return file_response(pinned, self.files, immutable=True)
+                return file_response(pinned, self.files, cache=REVALIDATE)
             return await self.broker.stream(request, item_id)
-        return file_response(f, self.files, immutable=True)
+        return file_response(f, self.files, cache=REVALIDATE)
 
     async def poster(self, request: web.Request) -> web.StreamResponse:
         principal_of(request)
@@ -267,7 +281,7 @@ class ItemsApi:
         f = await self.cma.poster_file(item_id)
         if not f.path.exists():
             raise NotFound("the poster is missing from the store")
-        return file_response(f, self.files, immutable=True)
+        return file_response(f, self.files, cache=REVALIDATE)
 
     async def status(self, request: web.Request) -> web.Response:
         principal_of(request)
@@ -352,7 +366,7 @@ class FederationApi:
     async def content(self, request: web.Request) -> web.StreamResponse:
         peer = peer_of(request)
         f = await self.cma.content_file_for(request.match_info["id"], peer)
-        return await send_counted(request, file_response(f, self.files, immutable=True), self.traffic, f"peer:{peer}")
+        return await send_counted(request, file_response(f, self.files, cache=REVALIDATE), self.traffic, f"peer:{peer}")
 
     async def manifest(self, request: web.Request) -> web.Response:
         item, blocks = await self.cma.manifest_for(request.match_info["id"], peer_of(request))
@@ -370,7 +384,7 @@ class FederationApi:
         """A verified copy this node holds (pinned), for members the owner's rules let see it."""
         peer = peer_of(request)
         f = await self.pins.file_for(request.match_info["hash"], peer)
-        return await send_counted(request, file_response(f, self.files, immutable=True), self.traffic, f"peer:{peer}")
+        return await send_counted(request, file_response(f, self.files, cache=IMMUTABLE), self.traffic, f"peer:{peer}")
 
     async def blob_manifest(self, request: web.Request) -> web.Response:
         peer = peer_of(request)
@@ -397,17 +411,23 @@ class FederationApi:
         if not isinstance(raw_key, str):
             raise InvalidInput("join needs the joiner's public_key")
         try:
-            joiner = PublicIdentity.from_public_bytes(b64u_decode(raw_key))
+            key = PublicIdentity.from_public_bytes(b64u_decode(raw_key)).public_key
         except ValueError:
             raise InvalidInput("malformed public_key") from None
+        node = body.get("node")
+        node_id = node.get("node_id") if isinstance(node, dict) else None
+        if not isinstance(node_id, str):
+            raise InvalidInput("join needs the joiner's node with its node_id")
         raw = await request.read()
         signer = self.verify_with_key(
-            request.method, self.cma.node_url + request.raw_path, request.headers, raw, key=joiner.public_key
+            request.method, self.cma.node_url + request.raw_path, request.headers, raw, key=key
         )
-        node = body.get("node")
-        if signer != joiner.node_id or not isinstance(node, dict) or node.get("node_id") != joiner.node_id:
+        if signer != node_id:
             raise Unauthorized("the join request is not signed by the joining node's key")
-        return web.json_response(await self.network.accept_join(body, joiner))
+        # The key is the node ID's own (its fingerprint), or the one it rotated to: its key chain shows it.
+        if not verify_key_chain(node_id, key, body.get("key_chain")):
+            raise Unauthorized("the joining node's key does not belong to its node ID (bad or missing key chain)")
+        return web.json_response(await self.network.accept_join(body, PublicIdentity(node_id, key)))
 
     async def roster(self, request: web.Request) -> web.Response:
         body = await json_body(request)
@@ -434,54 +454,7 @@ class FederationApi:
             raise InvalidInput(f"messages must be a list of 1-{MAX_INBOX} messages")
         known = self.network.peer(peer)
         node_name = known.name if known is not None else peer
-        results: dict[str, str] = {}
-        receipts: list[tuple[str, str, float]] = []
-        async with self.community.batch():
-            for message in messages:
-                if not isinstance(message, dict) or not isinstance(message.get("id"), str):
-                    raise InvalidInput("each message needs an id")
-                mid, kind, data = message["id"][:64], message.get("kind"), message.get("payload")
-                try:
-                    if not isinstance(data, dict):
-                        raise InvalidInput("message payload must be an object")
-                    if kind == "view":
-                        at = data.get("at")
-                        if (
-                            not isinstance(data.get("item"), str)
-                            or isinstance(at, bool)
-                            or not isinstance(at, int | float)
-                        ):
-                            raise InvalidInput("a view names an item and a time")
-                        receipts.append((mid, data["item"], float(at)))
-                    elif kind == "comment":
-                        await self.community.add(
-                            comment_id=mid,
-                            item_id=check_item_id(str(data.get("item"))),
-                            parent_id=data.get("parent") if isinstance(data.get("parent"), str) else None,
-                            author=str(data.get("author", "")),
-                            author_node=peer,
-                            author_node_name=node_name,
-                            body=data.get("body"),
-                            viewer=peer,
-                            created_at=data.get("created_at") if isinstance(data.get("created_at"), float) else None,
-                        )
-                    elif kind == "comment_edit":
-                        await self.community.edit(
-                            str(data.get("comment")), data.get("body"), author=str(data.get("author")), author_node=peer
-                        )
-                    elif kind == "comment_delete":
-                        await self.community.delete(
-                            str(data.get("comment")), author=str(data.get("author")), author_node=peer, owner=False
-                        )
-                    else:
-                        raise InvalidInput(f"unknown message kind {str(kind)[:20]!r}")
-                    results[mid] = "ok"
-                except PrivNetworkError as exc:
-                    results[mid] = f"rejected: {exc.message}"
-            if receipts:
-                await self.community.add_views(receipts, viewer=peer)
-                for mid, _item, _at in receipts:
-                    results[mid] = "ok"
+        results = await self.community.receive(messages, peer=peer, node_name=node_name)
         return web.json_response({"results": results})
 
 
@@ -600,11 +573,12 @@ class BackupApi:
         path, with_store = body.get("path"), body.get("store", False)
         if not isinstance(path, str) or not path.strip():
             raise InvalidInput("path must name the archive to write")
+        dest = absolute_path(path)
         if not isinstance(with_store, bool):
             raise InvalidInput("store must be true or false")
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
-            self.executor, lambda: backup.backup(self.config, self.node_id, Path(path), with_store=with_store)
+            self.executor, lambda: backup.backup(self.config, self.node_id, dest, with_store=with_store)
         )
         return web.json_response(result, status=201)
 

@@ -46,6 +46,7 @@ INVITE_PREFIX = "pninv1_"
 MAX_INVITE_USES = 1000
 MAX_INVITE_TTL = 365 * 86400
 MAX_CLOCK_AHEAD = 300.0
+SEEN_EVERY = 60.0  # seconds: a member's last_seen_at is written at most this often
 
 
 def join_proof(secret: str, invite_id: str, joiner: str, inviter: str) -> str:
@@ -98,7 +99,9 @@ class Network:
         # has said yes, possibly before its answer has been stored here.
         self._provisional: dict[str, bytes] = {}
         self._removed: set[str] = set()
+        self._last_keys: dict[str, bytes] = {}  # every member's latest key, removed members' too
         self._peers: dict[str, Peer] = {}
+        self._seen_at: dict[str, float] = {}  # when peer_seen last wrote each member's last_seen_at
 
     def set_client(self, client: PeerClient) -> None:
         self._client = client
@@ -139,14 +142,15 @@ class Network:
         await self._store.add_roster_event(_event_row(event), None)
 
     async def _reload(self) -> None:
-        keys, removed, peers = {}, set(), {}
+        keys, removed, peers, last = {}, set(), {}, {}
         for row in await self._store.list_members():
+            last[row["node_id"]] = b64u_decode(row["public_key"])
             if row["active"]:
-                keys[row["node_id"]] = b64u_decode(row["public_key"])
+                keys[row["node_id"]] = last[row["node_id"]]
                 peers[row["node_id"]] = Peer(node_id=row["node_id"], name=row["name"], url=row["url"])
             else:
                 removed.add(row["node_id"])
-        self._keys, self._removed, self._peers = keys, removed, peers
+        self._keys, self._removed, self._peers, self._last_keys = keys, removed, peers, last
 
     def _sign(self, event: RosterEvent) -> RosterEvent:
         sig = b64u(self.identity.sign(event.signing_bytes()))
@@ -170,7 +174,13 @@ class Network:
         return await self._store.list_members()
 
     async def peer_seen(self, node_id: str) -> None:
-        await self._store.touch_member(node_id, time.time())
+        """Record that a member made a valid signed request: at most once a minute per member,
+        as a broker sends one request per range a player asks for."""
+        now = time.time()
+        if now - self._seen_at.get(node_id, 0.0) < SEEN_EVERY:
+            return
+        self._seen_at[node_id] = now
+        await self._store.touch_member(node_id, now)
 
     # -- roster events ------------------------------------------------------
     def _verify_event(self, event: RosterEvent, vouched: bool = True) -> bool | None:
@@ -195,10 +205,13 @@ class Network:
                 return False
             if event.subject == self.node_id:
                 return True  # we made it ourselves (and no longer hold the old key)
-            old = self._keys.get(event.subject)
+            # A removed node's rotation counts too when a member vouches for it (it rejoins with its new key).
+            old = self._keys.get(event.subject) or (self._last_keys.get(event.subject) if vouched else None)
             return None if old is None else PublicIdentity.from_public_bytes(old).verify(sig, event.signing_bytes())
         if event.type == "add" and not self._key_belongs(event.subject, subject_key):
-            return False
+            # A node we know nothing of may have rotated its key: its chain has not reached us yet.
+            unknown = event.subject != self.node_id and event.subject not in self._last_keys
+            return None if unknown else False
         if event.signer == self.node_id:
             key: bytes | None = self.identity.public.public_key
         elif event.signer == event.subject and event.type == "add":
@@ -220,7 +233,7 @@ class Network:
             return True
         if node_id == self.node_id:
             return key == self.identity.public.public_key
-        return self._keys.get(node_id) == key
+        return self._last_keys.get(node_id) == key
 
     async def apply_roster_events(self, events: Sequence[RosterEvent], source: str, *, vouched: bool = True) -> int:
         """Verify and store events (from a join answer or a peer's feed); returns members added."""
@@ -313,6 +326,11 @@ class Network:
             if row["uses_left"] <= 0:
                 raise Forbidden("this invite has been used up")
 
+        # A node that rotated its key: the chain that proves the key (checked by the caller with
+        # verify_key_chain) goes into the roster before the add, so that every member can check it.
+        chain: list[RosterEvent] = []
+        if node_id_from_public_key(joiner.public_key) != joiner.node_id:
+            chain = [RosterEvent.from_json(e) for e in body.get("key_chain") or []]
         if await self._store.use_invite(invite_id, check) is None:
             raise Forbidden("unknown invite (never made here, or tampered)")
         event = self._sign(
@@ -324,10 +342,10 @@ class Network:
                 url=url[:500],
                 public_key=b64u(joiner.public_key),
                 signer=self.node_id,
-                at=now,
+                at=max([now, *(e.at + 0.001 for e in chain)]),  # the latest word about the joiner
             )
         )
-        await self.apply_roster_events([event], self.node_id)
+        await self.apply_roster_events([*chain, event], self.node_id)
         log.info("%s (%s) joined with an invite", name, joiner.node_id)
         await self._notify()
         return {"events": [e.to_json() for e in await self.roster()]}
@@ -355,6 +373,8 @@ class Network:
             "proof": join_proof(invite["s"], invite["i"], self.node_id, inviter_id),
             "node": {"node_id": self.node_id, "name": self.name, "url": self.url},
             "public_key": b64u(self.identity.public.public_key),
+            # After a key rotation the key no longer hashes to the node ID: the chain shows it is ours.
+            "key_chain": await self.key_chain() if self.identity.rotated else [],
         }
         self._provisional[inviter_id] = key
         try:
@@ -497,16 +517,20 @@ def verify_key_chain(node_id: str, public_key: bytes, chain: Any) -> bool:
         return node_id_from_public_key(public_key) == node_id
     try:
         events = [RosterEvent.from_json(e) for e in chain[:100]]
-    except InvalidInput:
-        return False
-    first = events[0]
-    current = b64u_decode(first.public_key)
-    if first.type != "add" or first.subject != node_id or node_id_from_public_key(current) != node_id:
-        return False
-    for event in events[1:]:
-        if event.type != "rotate" or event.subject != node_id:
+        first = events[0]
+        current = b64u_decode(first.public_key)
+        if first.type != "add" or first.subject != node_id or first.signer != node_id:
             return False
-        if not PublicIdentity.from_public_bytes(current).verify(b64u_decode(event.sig), event.signing_bytes()):
+        if node_id_from_public_key(current) != node_id:
             return False
-        current = b64u_decode(event.public_key)
+        # Every event is signed by the key before it: the first (the node introducing itself) by its own.
+        for event in events:
+            if event is not first and (event.type != "rotate" or event.subject != node_id):
+                return False
+            if not PublicIdentity.from_public_bytes(current).verify(b64u_decode(event.sig), event.signing_bytes()):
+                return False
+            if event is not first:
+                current = b64u_decode(event.public_key)
+    except (InvalidInput, ValueError):
+        return False
     return current == public_key

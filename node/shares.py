@@ -4,28 +4,64 @@ The URL is ``{public URL}/s/{share id}.{signature}``; the signature is the
 node's Ed25519 signature over ``priv-network share|node|share|item|expires``,
 so a link cannot be forged or pointed at another item, and the share row
 decides expiry, revocation and the number of downloads. Only the owner's
-own items can be shared. A download counts when a request starts at byte 0;
-resumed ranges of a started download do not use up the link.
+own items can be shared.
+
+A link limited to N downloads may send N times the file's size in bytes,
+whatever the requests look like: one download from byte 0, a resume with
+``Range: bytes=X-``, or a download manager's parallel pieces. The bytes are
+counted as they are handed to the network, piece by piece (``CHUNK``); a
+download is counted each time the bytes of the downloads counted so far run
+out. On top of that, one small margin per link (an eighth of the file, at
+most ``MARGIN``) covers what a broken connection may have lost in flight, so
+a resumed download can finish. Once the downloads are all counted and their
+bytes sent, every request (ranges too) is refused as used up; a request that
+asks for more than is left is cut off where the allowance ends. The bytes
+left of a counted download are kept in memory: after a restart of the node, a
+resume counts as a new download.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from node.service import ContentManager
+from node.serving import FileServe, OpenFiles
 from node.store import CmaStore
 from priv_network.errors import Forbidden, InvalidInput, NotFound
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentFile
+from priv_network.ranges import ByteRange
+
+log = logging.getLogger(__name__)
 
 MAX_SHARE_TTL = 365 * 86400
 _SHARE_ID_LEN = 24
+CHUNK = 1024 * 1024  # a share download is sent, and counted, in pieces of at most this many bytes
+MARGIN = 16 * 1024 * 1024  # at most this (and an eighth of the file) beyond N downloads, for broken connections
 
 
 class ShareRefused(Forbidden):
     code = "share_refused"
+
+
+class ShareCut(ConnectionResetError):
+    """A response ran past its link's allowance: the connection was closed where the allowance ended."""
+
+
+@dataclass
+class _Allowance:
+    """What a link may still send (in memory)."""
+
+    credit: int  # bytes left of the downloads counted so far
+    margin: int  # bytes it may still send beyond them (what broken connections lost in flight)
 
 
 class Shares:
@@ -34,6 +70,8 @@ class Shares:
         self._cma = cma
         self._identity = identity
         self._url = url
+        self._allowances: dict[str, _Allowance] = {}
+        self._counting = asyncio.Lock()  # one download counted at a time, so two requests do not both count one
 
     def _message(self, share_id: str, item_id: str, expires_at: float) -> bytes:
         return f"priv-network share|{self._identity.node_id}|{share_id}|{item_id}|{int(expires_at)}".encode()
@@ -71,7 +109,7 @@ class Shares:
             state = "revoked"
         elif row["expires_at"] < now:
             state = "expired"
-        elif row["max_downloads"] is not None and row["downloads"] >= row["max_downloads"]:
+        elif self._used_up(row):
             state = "used up"
         return {
             "id": row["id"],
@@ -91,7 +129,42 @@ class Shares:
         if not await self._store.revoke_share(share_id.split(".", 1)[0].rsplit("/", 1)[-1]):
             raise NotFound(f"no share link {share_id[:40]!r}")
 
-    async def open(self, token: str, *, counts: bool) -> tuple[str, ContentFile]:
+    def _used_up(self, row: dict[str, Any]) -> bool:
+        """Every download counted and nothing left of their bytes (a resume of the last one may go on)."""
+        if row["max_downloads"] is None or row["downloads"] < row["max_downloads"]:
+            return False
+        allowance = self._allowances.get(row["id"])
+        return allowance is None or allowance.credit <= 0
+
+    async def take(self, share_id: str, size: int, n: int) -> int:
+        """How many of the next ``n`` bytes of a ``size``-byte file the link may send now (0: none).
+
+        From the bytes left of the downloads counted so far; when they do not cover ``n``, one more
+        download is counted (if the link has one left); beyond that, from the link's margin.
+        """
+        allowance = self._allowances.get(share_id)
+        if allowance is None:
+            allowance = self._allowances[share_id] = _Allowance(credit=0, margin=min(size // 8, MARGIN))
+        if allowance.credit < n:
+            async with self._counting:
+                if allowance.credit < n and await self._store.count_share_download(share_id):
+                    allowance.credit += size
+        allowed = max(0, min(n, allowance.credit + allowance.margin))
+        from_credit = min(allowed, max(allowance.credit, 0))
+        allowance.credit -= from_credit
+        allowance.margin -= allowed - from_credit
+        return allowed
+
+    def interrupted(self, share_id: str, taken: int) -> None:
+        """A response broke off after ``taken`` bytes were handed to the network: the last of them may
+        never have arrived. Give them back from the link's margin, so that a resume is let in."""
+        allowance = self._allowances.get(share_id)
+        if allowance is not None:
+            back = min(taken, allowance.margin)
+            allowance.credit += back
+            allowance.margin -= back
+
+    async def open(self, token: str) -> tuple[str, ContentFile]:
         """Check a link and return (share id, file); ShareRefused says why not."""
         share_id, _, sig = token.partition(".")
         row = await self._store.get_share(share_id) if len(share_id) == _SHARE_ID_LEN else None
@@ -109,9 +182,42 @@ class Shares:
             raise ShareRefused("this link was revoked by its owner")
         if row["expires_at"] < time.time():
             raise ShareRefused("this link has expired")
-        if counts and not await self._store.count_share_download(share_id):
+        if self._used_up(row):
             raise ShareRefused("this link has been used up")
-        if not counts and row["max_downloads"] is not None and row["downloads"] == 0:
-            # Resuming needs a download that started: else ranges would dodge the limit.
-            raise ShareRefused("start this download from the beginning")
         return share_id, await self._cma.content_file(row["item_id"])
+
+
+class ShareServe(FileServe):
+    """A share link's file: every piece of the body is first drawn from the link's allowance.
+
+    Conditional requests and Range are FileServe's; only the sending of the body is overridden
+    (``FileServe._sendfile``, this project's own method), to send it piece by piece.
+    """
+
+    def __init__(
+        self, f: ContentFile, files: OpenFiles, shares: Shares, share_id: str, *, headers: dict[str, str]
+    ) -> None:
+        super().__init__(f.path, files, headers=headers)
+        self._shares = shares
+        self._share_id = share_id
+        self._size = f.size
+        self.taken = 0  # bytes of the body drawn from the allowance (handed to the network, or about to be)
+
+    async def _sendfile(self, request: web.BaseRequest, f: io.BufferedReader, span: ByteRange) -> None:
+        offset = span.start
+        try:
+            while offset < span.stop:
+                n = await self._shares.take(self._share_id, self._size, min(CHUNK, span.stop - offset))
+                if n == 0:
+                    log.info("share link %s used up: response cut after %d bytes", self._share_id, self.taken)
+                    if request.transport is not None:
+                        request.transport.close()
+                    raise ShareCut(f"share link {self._share_id} used up")
+                self.taken += n
+                await super()._sendfile(request, f, ByteRange(offset, offset + n, partial=True))
+                offset += n
+        except ShareCut:
+            raise
+        except BaseException:
+            self._shares.interrupted(self._share_id, self.taken)
+            raise

@@ -14,11 +14,12 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from yarl import URL
 
 from priv_network.errors import Forbidden, InvalidInput, NotFound, PrivNetworkError
 from priv_network.http import csrf_token
 from priv_network.interfaces import Principal, SearchFilters, WebBackend
-from priv_network.keys import PRINCIPAL, SESSION_COOKIE
+from priv_network.keys import CONFIG, PRINCIPAL, SESSION_COOKIE
 from priv_network.wire import KINDS
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -141,6 +142,9 @@ class Pages:
         form = await request.post()
         name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
         try:
+            if not _same_origin(request):
+                # No session yet, so no CSRF token: the browser's own word on where the form came from.
+                raise Forbidden("first-run set-up is only accepted from this node's own page, not another site's")
             if not _from_this_machine(request) and await self.backend.token_login(str(form.get("token", ""))) is None:
                 # Whoever reaches a fresh node first would own it: from elsewhere, prove you run it.
                 raise Forbidden("from another machine, first-run set-up needs the node's admin token (admin.token)")
@@ -327,9 +331,50 @@ class Pages:
         )
 
 
-def _from_this_machine(request: web.Request) -> bool:
+# Headers a reverse proxy adds: behind one, the peer address is the proxy's, not the visitor's.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
     try:
-        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _from_this_machine(request: web.Request) -> bool:
+    """A visitor on the node's own machine: a loopback peer, not relayed by a proxy (which would be
+    the loopback peer for everyone), asking for a loopback host name (a site whose name was made to
+    point at 127.0.0.1, "DNS rebinding", asks for its own name)."""
+    if any(header in request.headers for header in PROXY_HEADERS):
+        return False
+    return _is_loopback(request.remote or "") and _is_loopback(request.url.host or "")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = URL(url)
+    return (parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """Was this form sent from a page of this node (the node's public URL, or the address asked for)?
+
+    Browsers say where a form comes from: ``Sec-Fetch-Site`` and ``Origin`` (sent with every POST).
+    A client that sends neither is not a browser, so no other site can have made it post.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin == "null":
+        return False
+    own = {_origin(request.app[CONFIG].node.public_url), _origin(f"{request.scheme}://{request.host}")}
+    try:
+        return _origin(origin) in own
     except ValueError:
         return False
 

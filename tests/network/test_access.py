@@ -137,3 +137,27 @@ async def test_peers_lists_reach_only_those_peers(trio: tuple[NetNode, NetNode, 
     assert ids(await c.search("zebra")) == {items[k]["id"] for k in ("network", "only-c", "b-and-c")}
     status, _ = await fetch(b, a, f"/federation/v1/content/{items['b-and-c']['id']}")
     assert status == 404
+
+
+async def test_adding_again_with_a_visibility_reaches_peers_as_a_change(network: Network, tmp_path: Path) -> None:
+    """`add --visibility` on content already stored changes the item as `visibility` does: peers follow."""
+    a, b = await network.node("alpha"), await network.node("beta")
+    await group(a, b)
+    path = write_file(tmp_path, "Zebra film.txt")
+    item = (await a.add(path, visibility="network"))[0]
+    await b.sync()
+    assert ids(await b.search("zebra")) == {item["id"]}
+
+    report = await a.api("POST", "/api/v1/items", json={"paths": [str(path)], "visibility": "private"})
+    assert report["visibility_changed"] == [{"id": item["id"], "was": "network", "now": "private"}]
+    await b.sync()
+    assert await b.search("zebra") == []
+    status, _ = await fetch(b, a, f"/federation/v1/content/{item['id']}")
+    assert status == 404
+
+    # Without a visibility, adding again leaves it as it is.
+    report = await a.api("POST", "/api/v1/items", json={"paths": [str(path)]})
+    assert [i["visibility"] for i in report["existing"]] == ["private"]
+    await a.api("POST", "/api/v1/items", json={"paths": [str(path)], "visibility": f"peers:{b.node_id}"})
+    await b.sync()
+    assert ids(await b.search("zebra")) == {item["id"]}

@@ -7,7 +7,9 @@ HTML page that says why.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import re
 import secrets
 import time
@@ -62,12 +64,12 @@ async def owner(network: Network, tmp_path: Path) -> tuple[NetNode, dict[str, An
 
 async def test_share_link_downloads_and_resumes(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
     a, item, data = owner
-    link = await share(a, item["id"], ttl="2h", downloads=1)
+    link = await share(a, item["id"], ttl="2h", downloads=2)
     assert re.fullmatch(re.escape(a.url) + r"/s/[0-9a-f]{24}\.[A-Za-z0-9_-]+", link["url"]), link["url"]
-    assert (link["item_id"], link["max_downloads"], link["downloads"], link["state"]) == (item["id"], 1, 0, "active")
+    assert (link["item_id"], link["max_downloads"], link["downloads"], link["state"]) == (item["id"], 2, 0, "active")
     assert time.time() + 7100 < link["expires_at"] <= time.time() + 7200
 
-    # The download starts (counted once), and is cut after a first piece.
+    # The download starts, and is cut after a first piece.
     async with aiohttp.ClientSession() as outsider:
         async with outsider.get(link["url"]) as resp:
             assert resp.status == 200
@@ -76,21 +78,27 @@ async def test_share_link_downloads_and_resumes(owner: tuple[NetNode, dict[str, 
             assert int(resp.headers["Content-Length"]) == len(data)
             got = await resp.content.readexactly(100_000)
             resp.close()
-        # It resumes with a Range from where it stopped; that does not use the link up.
+        # It resumes with a Range from where it stopped.
         status, headers, rest = await download(link["url"], {"Range": f"bytes={len(got)}-"}, session=outsider)
         assert status == 206
         assert headers["Content-Range"] == f"bytes {len(got)}-{len(data) - 1}/{len(data)}"
         assert got + rest == data
-        # A range in the middle works too.
+        # A range in the middle works too: the two downloads' bytes are not all sent yet.
         status, _headers, body = await download(link["url"], {"Range": "bytes=500000-500099"}, session=outsider)
         assert (status, body) == (206, data[500000:500100])
 
         listed = (await shares_by_id(a))[link["id"]]
-        assert (listed["downloads"], listed["state"], listed["title"]) == (1, "used up", "Wedding Video")
+        assert (listed["downloads"], listed["state"], listed["title"]) == (2, "active", "Wedding Video")
         assert listed["url"] == link["url"]
 
-        # The one download is used: starting again from the beginning is refused.
+        # A whole download more than the link has left is cut off where its bytes end...
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await download(link["url"], session=outsider)
+        # ...and from then on everything is refused, ranges too.
         assert_refused(*await download(link["url"], session=outsider), "used up")
+        assert_refused(*await download(link["url"], {"Range": "bytes=1-"}, session=outsider), "used up")
+        listed = (await shares_by_id(a))[link["id"]]
+        assert (listed["downloads"], listed["state"]) == (2, "used up")
 
         # Bytes sent through the link are counted under its name, once sent. (The
         # outsider's session stays open meanwhile: a test server cancels a handler
@@ -110,20 +118,50 @@ async def test_share_link_downloads_and_resumes(owner: tuple[NetNode, dict[str, 
     assert (await shares_by_id(a))[free["id"]]["downloads"] == 3
 
 
-async def test_limited_link_must_start_from_the_beginning(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
-    """A range before any download would let a limited link be read without ever counting."""
+async def test_ranges_cannot_outrun_the_download_limit(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    """The acceptance run's bypass: after the one download, `Range: bytes=1-` got 206 again and again."""
     a, item, data = owner
-    link = await share(a, item["id"], downloads=2)
-    for header in ("bytes=10-", "bytes=-100", "bytes=10-20"):
-        assert_refused(*await download(link["url"], {"Range": header}), "start this download from the beginning")
-    assert (await shares_by_id(a))[link["id"]]["downloads"] == 0
-    # A range that starts at byte 0 is a (counted) start.
-    status, _headers, body = await download(link["url"], {"Range": "bytes=0-99"})
-    assert (status, body) == (206, data[:100])
+    link = await share(a, item["id"], downloads=1)
+    status, _headers, body = await download(link["url"])
+    assert (status, body) == (200, data)
+    assert (await shares_by_id(a))[link["id"]]["state"] == "used up"
+    for header in ("bytes=1-", "bytes=1-", "bytes=-100", "bytes=10-20", "bytes=0-"):
+        assert_refused(*await download(link["url"], {"Range": header}), "used up")
+    assert_refused(*await download(link["url"]), "used up")
+    # HEAD sends no bytes, but a used-up link answers nothing else either.
+    async with aiohttp.ClientSession() as outsider, outsider.head(link["url"]) as resp:
+        assert resp.status == 403
     assert (await shares_by_id(a))[link["id"]]["downloads"] == 1
-    status, _headers, body = await download(link["url"], {"Range": "bytes=100-"})
-    assert (status, body) == (206, data[100:])
-    assert (await shares_by_id(a))[link["id"]]["downloads"] == 1
+
+    # Two downloads: the second may be ranges only; once both are sent, the next range is refused.
+    two = await share(a, item["id"], downloads=2)
+    assert (await download(two["url"]))[2] == data
+    for header, part in (("bytes=0-499999", data[:500000]), ("bytes=500000-", data[500000:])):
+        status, _headers, body = await download(two["url"], {"Range": header})
+        assert (status, body) == (206, part)
+    assert_refused(*await download(two["url"], {"Range": "bytes=1-"}), "used up")
+    assert (await shares_by_id(a))[two["id"]]["downloads"] == 2
+
+
+async def test_a_download_manager_gets_one_copy_in_pieces(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    """A probe of the first byte, then parallel pieces: one download, all of it."""
+    a, item, data = owner
+    link = await share(a, item["id"], downloads=1)
+    status, headers, first = await download(link["url"], {"Range": "bytes=0-0"})
+    assert (status, first, headers["Content-Range"]) == (206, data[:1], f"bytes 0-0/{len(data)}")
+    bounds = [0, 300_000, 600_000, 900_000, len(data)]
+    async with aiohttp.ClientSession() as manager:
+        pieces = await asyncio.gather(
+            *(
+                download(link["url"], {"Range": f"bytes={lo}-{hi - 1}"}, session=manager)
+                for lo, hi in itertools.pairwise(bounds)
+            )
+        )
+    assert [p[0] for p in pieces] == [206] * 4
+    assert b"".join(p[2] for p in pieces) == data
+    listed = (await shares_by_id(a))[link["id"]]
+    assert (listed["downloads"], listed["state"]) == (1, "used up")
+    assert_refused(*await download(link["url"], {"Range": "bytes=0-0"}), "used up")
 
 
 async def test_expired_link(owner: tuple[NetNode, dict[str, Any], bytes], monkeypatch: pytest.MonkeyPatch) -> None:

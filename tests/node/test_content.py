@@ -393,3 +393,12 @@ async def test_large_file_streams_in_chunks_without_loading_it(node: RunningNode
         fh.seek(start)
         assert body == fh.read(24)
     assert int.from_bytes(body[4:12], "little") == (start + 4) // 8
+
+
+async def test_item_urls_are_revalidated_not_cached_forever(library: Library) -> None:
+    """An item's file can change in place (a watched folder), so its URL must not be immutable."""
+    status, headers, _ = await fetch(library.node, library.content_url(library.video))
+    assert status == 200
+    assert headers["Cache-Control"] == "private, no-cache"
+    again, _, body = await fetch(library.node, library.content_url(library.video), {"If-None-Match": headers["ETag"]})
+    assert (again, body) == (304, b"")

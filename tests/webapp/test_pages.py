@@ -125,6 +125,77 @@ async def test_a_node_without_users_sends_people_to_setup(node: RunningNode) -> 
     assert {e.attrs["name"] for e in page.find("input")} >= {"name", "password", "password2"}
 
 
+SETUP_FORM = {"name": "mallory", "password": "mallorypw1", "password2": "mallorypw1"}
+
+
+async def post_setup(node: RunningNode, headers: dict[str, str], **form: str) -> tuple[int, str]:
+    async with node.client.post("/setup", data={**SETUP_FORM, **form}, headers=headers, allow_redirects=False) as resp:
+        return resp.status, await resp.text()
+
+
+async def users(node: RunningNode) -> list[str]:
+    return [u["name"] for u in (await node.api("GET", "/api/v1/users"))["users"]]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://attacker.example", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "https://attacker.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # another port or name of the same site
+        {"Origin": "null"},
+        {"Origin": "http://127.0.0.1:1"},
+    ],
+    ids=["origin-and-fetch-site", "origin", "fetch-site", "same-site", "null-origin", "other-port"],
+)
+async def test_first_run_set_up_from_another_site_is_refused(node: RunningNode, headers: dict[str, str]) -> None:
+    """Any page open in a browser on the node's machine must not claim a fresh node."""
+    status, html = await post_setup(node, headers)
+    assert status == 403
+    assert "only accepted from this node's own page" in parse(html).all_text
+    assert await users(node) == []
+
+
+@pytest.mark.parametrize("browser", [True, False], ids=["own-page", "not-a-browser"])
+async def test_first_run_set_up_from_the_node_s_own_page(node: RunningNode, browser: bool) -> None:
+    headers = {"Origin": node.config.node.public_url, "Sec-Fetch-Site": "same-origin"} if browser else {}
+    status, _html = await post_setup(node, headers)
+    assert status == 303
+    assert await users(node) == ["mallory"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},  # a reverse proxy on the same machine
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"Host": "rebound.example"},  # another site's name pointed at 127.0.0.1
+    ],
+    ids=["x-forwarded-for", "forwarded", "x-real-ip", "dns-rebinding"],
+)
+async def test_relayed_or_rebound_requests_are_not_from_this_machine(
+    node: RunningNode, headers: dict[str, str]
+) -> None:
+    _html, page = await get_page_with(node, "/setup", headers)
+    assert page.find("input", name="token")  # the form asks for the admin token
+    status, html = await post_setup(node, headers)
+    assert status == 403
+    assert "admin token" in parse(html).all_text
+    assert await users(node) == []
+    status, _html = await post_setup(node, headers, token=node.token)
+    assert status == 303
+    assert await users(node) == ["mallory"]
+
+
+async def get_page_with(node: RunningNode, path: str, headers: dict[str, str]) -> tuple[str, Page]:
+    async with node.client.get(path, headers=headers, allow_redirects=False) as resp:
+        text = await resp.text()
+        assert resp.status == 200, text
+        return text, parse(text)
+
+
 async def test_start_page_without_login_redirects_to_login(owner: RunningNode) -> None:
     async with owner.client.get("/", allow_redirects=False) as resp:
         assert resp.status == 303
