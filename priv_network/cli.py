@@ -20,6 +20,7 @@ import fcntl
 import importlib
 import logging
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -39,9 +40,10 @@ from priv_network.commands import (
     build_parser,
     data_dir,
     local_url,
+    usage_hint,
 )
-from priv_network.config import CONFIG_FILE, load_config, parse_listen, render_config
-from priv_network.errors import ConfigError, DataFolderLocked, InvalidInput, NodeUnreachable, PrivNetworkError
+from priv_network.config import CONFIG_FILE, check_public_url, load_config, parse_listen, render_config
+from priv_network.errors import ConfigError, DataFolderLocked, NodeUnreachable, PrivNetworkError
 from priv_network.identity import NodeIdentity
 
 log = logging.getLogger("priv_network.cli")
@@ -64,18 +66,32 @@ def _db() -> ModuleType:
 
 def cmd_init(args: argparse.Namespace) -> int:
     target = data_dir(args)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        what = "a node" if (target / CONFIG_FILE).exists() else "files"
-        raise ConfigError(f"{target} already holds {what}; nothing was changed (choose another --data folder)")
     name = args.name.strip()
     if not name or len(name) > 64:
-        raise InvalidInput("--name must be 1-64 characters")
+        raise UsageError("priv-network init: --name must be 1-64 characters")
     listen = args.listen or "127.0.0.1:8700"
-    parse_listen(listen)
+    for option, check, value in (("--listen", parse_listen, listen), ("--url", check_public_url, args.url)):
+        try:
+            if value:
+                check(value)
+        except ConfigError as exc:
+            raise UsageError(f"priv-network init: {option}: {exc.message}") from None
+    try:
+        exists = target.exists()
+        if exists and not target.is_dir():
+            raise ConfigError(f"{target} is a file, not a folder; nothing was changed (choose another --data folder)")
+        if exists and any(target.iterdir()):
+            what = "a node" if (target / CONFIG_FILE).exists() else "files"
+            raise ConfigError(f"{target} already holds {what}; nothing was changed (choose another --data folder)")
+    except OSError as exc:
+        raise ConfigError(f"cannot use {target} as the data folder: {exc.strerror or exc}") from None
     overrides: dict[str, dict[str, Any]] = {"node": {"name": name, "listen": listen, "url": args.url or ""}}
-    created_dir = not target.exists()
     try:
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data folder {target}: {exc.strerror or exc}") from None
+    created_dir = not exists
+    try:
         os.chmod(target, 0o700)
         _write_private(target / CONFIG_FILE, render_config(overrides).encode())
         config = load_config(target)
@@ -95,8 +111,24 @@ def cmd_init(args: argparse.Namespace) -> int:
                     child.unlink(missing_ok=True)
         raise
     print(identity.node_id)
-    sys.stderr.write(f"initialised node {name!r} in {target}\nstart it with: priv-network --data {target} serve\n")
+    sys.stderr.write(f"initialised node {name!r} in {target}\nstart it with: {_invocation(target)} serve\n")
     return EXIT_OK
+
+
+def _invocation(data: Path) -> str:
+    """How to run this very command again on ``data``, as the user can type it.
+
+    ``priv-network`` when that is what PATH finds; else the program as it was started
+    (``.venv/bin/priv-network``, as the README has it), or ``python -m priv_network``.
+    """
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "priv-network"
+    if Path(program).name == "__main__.py":
+        command = f"{shlex.quote(sys.executable)} -m priv_network"
+    else:
+        on_path = shutil.which("priv-network")
+        same = on_path is not None and Path(on_path).resolve() == Path(program).resolve()
+        command = "priv-network" if same else shlex.quote(program)
+    return f"{command} --data {shlex.quote(str(data))}"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -217,7 +249,8 @@ def cmd_repl(args: argparse.Namespace) -> int:
         raise UsageError("priv-network repl: --url and --token go together (see --help)")
     client = AdminClient(args.url, args.token) if args.url else admin_client(args)
     history = None if args.url else data_dir(args) / "repl_history"
-    return int(asyncio.run(importlib.import_module("priv_network.repl").run(client, history)))
+    lines = None if sys.stdin.isatty() else sys.stdin  # piped: plain line mode, no prompt or echo
+    return int(asyncio.run(importlib.import_module("priv_network.repl").run(client, history, lines=lines)))
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -248,7 +281,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     result = _server().restore(Path(args.archive), data_dir(args))
     print(result["node_id"])
-    sys.stderr.write(f"restored node {result['node_id']} into {result['path']}; start it with `priv-network serve`\n")
+    start = f"{_invocation(Path(result['path']))} serve"
+    sys.stderr.write(f"restored node {result['node_id']} into {result['path']}; start it with: {start}\n")
     for note in result["notes"]:
         sys.stderr.write(f"note: {note}\n")
     return EXIT_OK
@@ -331,10 +365,12 @@ LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except UsageError as exc:
-        sys.stderr.write(f"{exc}\n")
+        hint = usage_hint(words, str(exc))
+        sys.stderr.write(f"{exc}; {hint}\n" if hint else f"{exc}\n")
         return EXIT_USAGE
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -12,18 +12,22 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
+from urllib.parse import quote
 
 from priv_network import __version__
 from priv_network.client import AdminClient
 from priv_network.config import DATA_ENV, Config, load_config, parse_listen
-from priv_network.errors import ConfigError
+from priv_network.errors import ConfigError, NotFound, PrivNetworkError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+SEARCH_MAX = 200  # the node's own limit on one search
 
 
 Command = Callable[[AdminClient, argparse.Namespace, IO[str]], Awaitable[int]]
@@ -43,6 +47,35 @@ class Parser(argparse.ArgumentParser):
         if message:
             sys.stderr.write(message)
         raise SystemExit(status)
+
+
+_GLOBAL_WITH_VALUE = ("--data",)
+_NUMBER = re.compile(r"^-\d+(\.\d*)?$")
+
+
+def usage_hint(words: Sequence[str], error: str, *, prog: str = "priv-network", cli: bool = True) -> str:
+    """A hint for two slips that argparse reports obscurely ("" if neither applies).
+
+    ``error`` is argparse's message for ``words``. The slips: a global option after the
+    command (``status --data DIR``), and a value that starts with "-" (``search -bunny``),
+    which argparse takes for an unknown option and then misses the value.
+    """
+    i = 0
+    while cli and i < len(words) and words[i].startswith("-"):  # the global options
+        i += 2 if words[i] in _GLOBAL_WITH_VALUE else 1
+    if i >= len(words):
+        return ""
+    command, rest = words[i], list(words[i + 1 :])
+    if "--" in rest:
+        rest = rest[: rest.index("--")]
+    if cli and any(w in _GLOBAL_WITH_VALUE or w.startswith(tuple(g + "=" for g in _GLOBAL_WITH_VALUE)) for w in rest):
+        return f"global options go before the command: {prog} --data DIR {command} ..."
+    dashed = [w for w in rest if w.startswith("-") and not w.startswith("--") and w not in ("-", "-h")]
+    dashed = [w for w in dashed if not _NUMBER.match(w)]
+    if dashed and "arguments are required" in error:
+        example = " ".join(w for w in (prog, command, "--", shlex.quote(dashed[0])) if w)
+        return f"to pass a value that starts with '-', put -- before it: {example}"
+    return ""
 
 
 def default_data_dir() -> Path:
@@ -116,10 +149,13 @@ async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]
 
 
 async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
-    body: dict[str, Any] = {"paths": args.paths, "visibility": args.visibility}
+    body: dict[str, Any] = {"paths": args.paths}
+    if args.visibility is not None:  # else new items are private and stored ones keep theirs
+        body["visibility"] = args.visibility
     if args.title is not None:
         body["title"] = args.title
     report = await client.post("/api/v1/items", body)
+    was = {c["id"]: c["was"] for c in report.get("visibility_changed", [])}
     entries = [{**i, "status": "added"} for i in report["added"]] + [
         {**i, "status": "existing"} for i in report["existing"]
     ]
@@ -127,11 +163,18 @@ async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -
         out.write(json.dumps(entries, indent=2) + "\n")
     else:
         for entry in entries:
-            out.write(f"{entry['status']:8}  {entry['id']}  {entry['kind']:5}  {entry['title']}\n")
+            note = ""
+            if entry["status"] == "existing" and entry["id"] in was:
+                note = f"  (visibility {was[entry['id']]} -> {entry['visibility']})"
+            elif entry["status"] == "existing" and args.visibility is None:
+                note = f"  (kept visibility {entry['visibility']})"
+            out.write(f"{entry['status']:8}  {entry['id']}  {entry['kind']:5}  {entry['title']}{note}\n")
         out.write(
             f"{len(report['added'])} added, {len(report['existing'])} already stored"
             f" ({report['skipped_unchanged']} unchanged, not re-read), {len(report['failed'])} failed\n"
         )
+        if was:
+            out.write(f"{len(was)} already stored item{'s' if len(was) != 1 else ''} changed visibility\n")
     for warning in report["warnings"]:
         sys.stderr.write(f"warning: {warning['path']}: {warning['warning']}\n")
     for failure in report["failed"]:
@@ -140,10 +183,60 @@ async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -
 
 
 async def cmd_remove(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
-    for item_id in args.ids:
-        await client.delete(f"/api/v1/items/{item_id}")
+    unknown: list[str] = []
+    others: list[str] = []
+    for item_id in dict.fromkeys(args.ids):
+        try:
+            await client.delete(f"/api/v1/items/{quote(item_id, safe='')}")
+        except NotFound:
+            why = await _owned_elsewhere(client, item_id)
+            if why is None:
+                unknown.append(_shown_id(item_id))
+            else:
+                others.append(why)
+            continue
         out.write(f"removed {item_id}\n")
+    reasons = []
+    if unknown:
+        reasons.append(f"no item{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} on this node")
+    if unknown or others:
+        raise NotFound("; ".join(reasons + others))
     return EXIT_OK
+
+
+def _shown_id(value: str) -> str:
+    """An ID the user typed, as error messages show it: quoted, and cut if it is long."""
+    return repr(value if len(value) <= 64 else value[:64] + "...")
+
+
+async def _owned_elsewhere(client: AdminClient, item_id: str) -> str | None:
+    """Why this node cannot remove ``item_id`` when the registry knows it as another node's item."""
+    try:
+        item = await client.get(f"/api/v1/items/{quote(item_id, safe='')}")
+        owner = str(item["node"])
+        names = await _node_names(client)
+        pinned = any(p["id"] == item_id for p in (await client.get("/api/v1/pins"))["pins"])
+    except (PrivNetworkError, KeyError, TypeError):
+        return None
+    if owner == names.get("", ""):  # ours after all (removed meanwhile)
+        return None
+    who = names.get(owner, owner)
+    if pinned:
+        return f"item {_shown_id(item_id)} belongs to {who}; use `unpin {item_id}` to drop this node's copy"
+    return f"item {_shown_id(item_id)} belongs to {who}; only its owner can remove it"
+
+
+async def _node_names(client: AdminClient) -> dict[str, str]:
+    """Node ID -> name for this node (also under the key "") and every member; a shared name gets its ID."""
+    status = await client.get("/api/v1/status")
+    peers = (await client.get("/api/v1/peers"))["peers"]
+    pairs = [(str(status["node_id"]), str(status["name"]))] + [(str(p["node_id"]), str(p["name"])) for p in peers]
+    counts: dict[str, int] = {}
+    for _, name in pairs:
+        counts[name] = counts.get(name, 0) + 1
+    names = {node_id: name if counts[name] == 1 else f"{name} ({node_id})" for node_id, name in pairs}
+    names[""] = str(status["node_id"])
+    return names
 
 
 async def cmd_search(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
@@ -181,11 +274,29 @@ async def cmd_visibility(client: AdminClient, args: argparse.Namespace, out: IO[
 
 
 async def cmd_sync(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """One line per node (this one first) with what changed; exit 1 if any peer failed.
+
+    A peer that failed keeps its rows searchable and is retried with backoff, but a
+    script must be able to tell that this sync did not reach it.
+    """
     result = await client.post("/api/v1/sync")
-    # A peer that cannot be reached is reported, not a failure of the command:
-    # its rows stay searchable and it is retried with backoff.
+    names = await _node_names(client)
+    own = names[""]
+    rows: list[list[str]] = []
+    failed: list[str] = []
     for node_id, changed in result["changed"].items():
-        out.write(f"{node_id}  {changed if isinstance(changed, str) else f'{changed} changes'}\n")
+        name = names.get(node_id, node_id)
+        if node_id == own:
+            name += " (this node)"
+        if isinstance(changed, str):
+            failed.append(name)
+            rows.append([name, changed])
+        else:
+            rows.append([name, f"{changed} change{'' if changed == 1 else 's'}"])
+    _table(rows, out)
+    if failed:
+        out.flush()
+        raise PrivNetworkError(f"could not sync with {', '.join(failed)} (see above)", code="sync_failed")
     return EXIT_OK
 
 
@@ -259,8 +370,8 @@ async def cmd_pin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -
         pin = next((p for p in (await client.get("/api/v1/pins"))["pins"] if p["id"] == args.id), pin)
     out.write(f"{pin['id']}  {pin['state']}  {pin['progress']:.0%}  {pin['title']}\n")
     if args.wait and pin["state"] != "complete":
-        sys.stderr.write(f"priv-network: pin paused: {pin['error']}\n")
-        return EXIT_FAIL
+        out.flush()
+        raise PrivNetworkError(f"pin paused: {pin['error']}", code="pin_paused")
     return EXIT_OK
 
 
@@ -425,6 +536,16 @@ async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: I
     return EXIT_OK
 
 
+def _search_limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {SEARCH_MAX}, not {value!r}") from None
+    if not 1 <= limit <= SEARCH_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {SEARCH_MAX}, not {limit}")
+    return limit
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="priv-network", description="A private, federated media network for small groups.")
     parser.add_argument("--data", metavar="DIR", help=f"data folder (default: ${DATA_ENV} or {default_data_dir()})")
@@ -464,7 +585,12 @@ def build_parser() -> Parser:
     p.set_defaults(local="doctor")
 
     p = sub.add_parser("db", help="database schema: upgrade or show the current revision")
-    p.add_argument("db_command", choices=["upgrade", "current"])
+    p.add_argument(
+        "db_command",
+        choices=["upgrade", "current"],
+        metavar="ACTION",
+        help="upgrade: migrate to the latest schema (the node must be stopped); current: show the revision",
+    )
     p.set_defaults(local="db")
 
     p = sub.add_parser("status", help="node ID, name, URL, items, store size and free disk")
@@ -474,7 +600,10 @@ def build_parser() -> Parser:
     p = sub.add_parser("add", help="ingest files and folders (recursively)")
     p.add_argument("paths", nargs="+", metavar="PATH", type=_absolute)
     p.add_argument("--title", help="title for a single file (default: from the file name)")
-    p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
+    p.add_argument(
+        "--visibility",
+        help="private (default for new items), network or peers:ID,ID; also applied to items already stored",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(remote=cmd_add)
 
@@ -496,7 +625,7 @@ def build_parser() -> Parser:
     p.add_argument("query")
     p.add_argument("--kind", choices=["video", "audio", "image", "other"])
     p.add_argument("--node", metavar="ID", help="only items owned by this node")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_search_limit, default=50, help=f"most results to show, 1-{SEARCH_MAX} (default 50)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(remote=cmd_search)
 

@@ -10,6 +10,7 @@ seconds and bytes.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -17,6 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from priv_network.errors import ConfigError
 
@@ -27,6 +29,7 @@ DATABASE_URL_ENV = "PRIV_NETWORK_DATABASE_URL"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^[\w.-]+$")  # letters (IDN too), digits, dots, hyphens
 _TOML_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIZE_UNITS = {
     "b": 1,
@@ -83,6 +86,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_public_url(value: str) -> str:
+    """Check a public URL: http(s)://HOST[:PORT][/PATH], nothing else. Returns it unchanged."""
+    shown = value if len(value) <= 100 else value[:100] + "..."
+    usage = f"public URL must look like https://HOST[:PORT][/PATH], got {shown!r}"
+    if not value or value != value.strip() or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(usage)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsed lazily: a bad port fails only here)
+    except ValueError:
+        raise ConfigError(usage) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise ConfigError(usage)
+    if not parts.netloc.startswith("[") and not _HOSTNAME.match(parts.hostname):
+        raise ConfigError(usage)
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ConfigError(f"{usage} (no query or fragment)")
+    return value
+
+
 def _setting(default: Any, help: str, kind: str = "str") -> Any:
     return field(default=default, metadata={"help": help, "kind": kind})
 
@@ -91,7 +114,9 @@ def _setting(default: Any, help: str, kind: str = "str") -> Any:
 class NodeSection:
     name: str = _setting("node", "Human-readable name of this node, shown to peers.")
     listen: str = _setting("127.0.0.1:8700", "HOST:PORT the node's one HTTP server listens on.")
-    url: str = _setting("", "Public URL peers use to reach this node; empty means http://LISTEN.")
+    url: str = _setting(
+        "", "Public URL peers use to reach this node, http(s)://HOST[:PORT][/PATH]; empty means http://LISTEN."
+    )
 
     @property
     def listen_host(self) -> str:
@@ -179,6 +204,12 @@ class DownloadsSection:
     workers: int = _setting(2, "Downloads that run at the same time.", "int")
     allow_private: bool = _setting(
         False, "Allow URLs on private, loopback and link-local addresses (off: protects your LAN).", "bool"
+    )
+    allowed_networks: tuple[str, ...] = _setting(
+        (),
+        "Addresses or networks downloads may reach even when allow_private is off, e.g. a NAS: "
+        '`["192.168.1.10/32"]`.',
+        "list",
     )
     max_filesize: int = _setting(0, "Refuse downloads larger than this (0: no limit).", "size")
     socket_timeout: float = _setting(30.0, "Network time limit for one read of a download.", "duration")
@@ -326,6 +357,11 @@ def config_from_dict(data_dir: Path, raw: dict[str, Any]) -> Config:
 
 def validate(config: Config) -> None:
     parse_listen(config.node.listen)
+    if config.node.url:
+        try:
+            check_public_url(config.node.url)
+        except ConfigError as exc:
+            raise ConfigError(f"[node] url: {exc}") from None
     bs = config.store.block_size
     if bs < 64 * 1024 or bs > 16 * 1024 * 1024 or bs & (bs - 1):
         raise ConfigError("[store] block_size must be a power of two between 64 KiB and 16 MiB")
@@ -333,6 +369,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"[log] level must be DEBUG, INFO, WARNING or ERROR, not {config.log.level!r}")
     if config.plex.mode not in ("reference", "copy"):
         raise ConfigError("[plex] mode must be reference or copy")
+    for net in config.downloads.allowed_networks:
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[downloads] allowed_networks: {net!r} is not an address or network (e.g. 192.168.1.10/32)"
+            ) from None
     if config.downloads.workers < 1:
         raise ConfigError("[downloads] workers must be at least 1")
     if config.store.hash_workers < 1:

@@ -5,11 +5,17 @@ line is split like a shell would and parsed by the same parser, and the same
 command function runs (``priv_network.commands``). prompt_toolkit does the
 line editing, history (kept in the data folder) and completion of command
 names, item IDs and peer IDs. An error prints one line and the REPL goes on.
+
+When standard input is not a terminal (``printf 'status\n' | priv-network
+repl``), there is no prompt, echo or completion: each line is run as it is read
+and the exit code is the worst of the lines' (0, 1 for a failure, 2 for bad
+usage), so the REPL works as a script runner.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
 import sys
 from collections.abc import Iterable
@@ -24,7 +30,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
 from priv_network.client import AdminClient
-from priv_network.commands import UsageError, build_parser
+from priv_network.commands import UsageError, build_parser, usage_hint
 from priv_network.errors import PrivNetworkError
 
 LOCAL_ONLY = {"init", "serve", "db", "repl", "backup", "restore", "demo", "doctor"}
@@ -87,6 +93,17 @@ class NodeCompleter(Completer):
                 yield Completion(value, start_position=-len(word), display_meta=label[:40])
 
 
+def _usage(message: str, words: list[str]) -> str:
+    """A CLI usage message as the REPL says it: no program name, `help COMMAND` rather than --help."""
+    for prefix in ("priv-network: ", "priv-network "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+            break
+    message = message.replace("(see --help)", f"(see `help {words[0]}`)")
+    hint = usage_hint(words, message, prog="", cli=False)
+    return f"{message}; {hint}" if hint else message
+
+
 async def execute(client: AdminClient, line: str, out: IO[str], err: IO[str]) -> int | None:
     """Run one REPL line; returns the exit code, or None to leave the REPL."""
     parser = build_parser()
@@ -115,21 +132,42 @@ async def execute(client: AdminClient, line: str, out: IO[str], err: IO[str]) ->
     if words[0] in LOCAL_ONLY:
         err.write(f"error: `{words[0]}` works only from the shell, not inside the REPL\n")
         return 2
+    if words[0] not in commands:
+        err.write(f"error: no command {words[0]!r}; `help` lists them ({', '.join(commands)}, exit)\n")
+        return 2
     try:
         args = parser.parse_args(words)
     except UsageError as exc:
-        err.write(f"error: {exc}\n")
+        err.write(f"error: {_usage(str(exc), words)}\n")
         return 2
     except SystemExit:  # --help inside a command printed its help
         return 0
     try:
         return int(await args.remote(client, args, out))
     except UsageError as exc:
-        err.write(f"error: {exc}\n")
+        err.write(f"error: {_usage(str(exc), words)}\n")
         return 2
     except PrivNetworkError as exc:
         err.write(f"error: {exc.message}\n")
         return 1
+
+
+async def run_lines(client: AdminClient, lines: IO[str], out: IO[str], err: IO[str]) -> int:
+    """Plain line mode, for standard input that is not a terminal: read, run, print; no prompt.
+
+    The client is open. Returns the worst exit code of the lines (0 if every one succeeded).
+    """
+    worst = 0
+    while True:
+        line = await asyncio.to_thread(lines.readline)
+        if not line:
+            break
+        code = await execute(client, line, out, err)
+        out.flush()
+        if code is None:
+            break
+        worst = max(worst, code)
+    return worst
 
 
 async def run(
@@ -139,19 +177,23 @@ async def run(
     input: Input | None = None,
     output: Output | None = None,
     out: IO[str] | None = None,
+    lines: IO[str] | None = None,
 ) -> int:
+    """The REPL; with ``lines`` (standard input that is not a terminal), plain line mode (``run_lines``)."""
     out = out or sys.stdout
-    completer = NodeCompleter(_commands(build_parser()))
-    history: Any = FileHistory(str(history_file)) if history_file is not None else InMemoryHistory()
-    session: PromptSession[str] = PromptSession(
-        history=history, completer=completer, input=input, output=output, complete_while_typing=False
-    )
     async with client:
         try:
             status = await client.get("/api/v1/status")
         except PrivNetworkError as exc:
             sys.stderr.write(f"priv-network: {exc.message}\n")
             return 1
+        if lines is not None:
+            return await run_lines(client, lines, out, sys.stderr)
+        completer = NodeCompleter(_commands(build_parser()))
+        history: Any = FileHistory(str(history_file)) if history_file is not None else InMemoryHistory()
+        session: PromptSession[str] = PromptSession(
+            history=history, completer=completer, input=input, output=output, complete_while_typing=False
+        )
         out.write(f"priv_network {status['name']} ({status['node_id']}). `help` lists commands, Ctrl-D leaves.\n")
         await completer.refresh(client)
         while True:

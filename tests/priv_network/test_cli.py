@@ -6,8 +6,12 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +22,7 @@ import alembic.command
 import pytest
 import sqlalchemy as sa
 
+from priv_network import cli as cli_module
 from priv_network import db
 from priv_network.identity import NodeIdentity, normalize_node_id
 from tests.conftest import Cli, free_port
@@ -159,10 +164,78 @@ def test_init_prints_only_the_node_id_and_creates_private_files(cli: Cli, port: 
         assert snapshot(cli.data) == before
 
 
-def test_init_with_a_bad_listen_address_leaves_nothing_behind(cli: Cli) -> None:
-    line = one_line_error(cli.run("init", "--name", "alice", "--listen", "no-port-here"), 1)
-    assert "HOST:PORT" in line
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--listen", "no-port-here"), "--listen: listen address must be HOST:PORT"),
+        (("--url", "notaurl"), "--url: public URL must look like https://HOST[:PORT][/PATH], got 'notaurl'"),
+        (("--url", "ftp://media.example.org"), "--url: public URL"),
+        (("--url", "http://[::1"), "--url: public URL"),
+        (("--name", "  "), "--name must be 1-64 characters"),
+    ],
+    ids=" ".join,
+)
+def test_init_with_bad_values_is_bad_usage_and_leaves_nothing_behind(
+    cli: Cli, args: tuple[str, ...], words: str
+) -> None:
+    line = one_line_error(cli.run("init", "--name", "alice", *args), 2)
+    assert line.startswith("priv-network init: ") and words in line
     assert not cli.data.exists()
+
+
+def test_init_with_a_public_url_serves_it(cli: Cli, port: int) -> None:
+    ok(cli.run("init", "--name", "alice", "--listen", f"127.0.0.1:{port}", "--url", "https://media.example.org/pn"))
+    assert 'url = "https://media.example.org/pn"' in (cli.data / "config.toml").read_text()
+
+
+def test_a_config_file_with_a_bad_public_url_is_one_line(cli: Cli, initialized: str) -> None:
+    config = cli.data / "config.toml"
+    config.write_text(config.read_text().replace('url = ""', 'url = "notaurl"', 1))
+    for args in (("status",), ("serve",)):
+        line = one_line_error(cli.run(*args), 1)
+        assert "[node] url" in line and "notaurl" in line
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [("/proc/nope", "No such file or directory"), ("FILE/sub", "Not a directory")],
+)
+def test_init_where_no_folder_can_be_made_says_so(cli: Cli, tmp_path: Path, where: str, why: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    data = where.replace("FILE", str(tmp_path / "a-file"))
+    result = cli.run("--data", data, "init", "--name", "alice")  # the last --data wins
+    line = one_line_error(result, 1)
+    assert line == f"priv-network: cannot create the data folder {data}: {why}"
+
+
+def test_init_on_a_file_says_it_is_a_file(cli: Cli, tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("keep me\n")
+    line = one_line_error(cli.run("--data", str(target), "init", "--name", "alice"), 1)
+    assert line == f"priv-network: {target} is a file, not a folder; nothing was changed (choose another --data folder)"
+    assert target.read_text() == "keep me\n"
+
+
+def test_init_says_how_to_start_the_node_with_the_command_that_ran(cli: Cli, port: int) -> None:
+    result = cli.run("init", "--name", "alice", "--listen", f"127.0.0.1:{port}")
+    ok(result)
+    # The tests run `python -m priv_network`: that is what works here, not a bare `priv-network`.
+    expected = f"start it with: {shlex.quote(sys.executable)} -m priv_network --data {shlex.quote(str(cli.data))} serve"
+    assert result.stderr.splitlines()[-1] == expected
+
+
+def test_invocation_is_what_the_user_can_type(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script = tmp_path / "venv" / "bin" / "priv-network"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    data = Path("/srv/my media/pn")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "argv", [".venv/bin/priv-network", "init"])
+    assert cli_module._invocation(data) == ".venv/bin/priv-network --data '/srv/my media/pn'"
+    monkeypatch.setenv("PATH", str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script), "init"])
+    assert cli_module._invocation(data) == "priv-network --data '/srv/my media/pn'"
 
 
 @pytest.mark.parametrize(
@@ -178,6 +251,12 @@ def test_init_with_a_bad_listen_address_leaves_nothing_behind(cli: Cli) -> None:
         ("db",),
         ("db", "sideways"),
         ("search", "x", "--limit", "many"),
+        ("search", "x", "--limit", "0"),
+        ("search", "x", "--limit", "-1"),
+        ("search", "x", "--limit", "201"),
+        ("search", "-bunny"),
+        ("status", "--data", "/tmp"),
+        ("init", "--name", "alice", "--url", "notaurl"),
     ],
     ids=" ".join,
 )
@@ -209,6 +288,32 @@ def test_node_commands_need_a_running_node(cli: Cli, initialized: str, args: tup
     assert result.stdout == ""
     assert re.search(r"not running|no node is running", line), line
     assert "serve" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (("status", "--data", "/tmp/x"), "global options go before the command: priv-network --data DIR status ..."),
+        (("search", "x", "--data=/tmp/x"), "global options go before the command: priv-network --data DIR search ..."),
+        (("search", "-bunny"), "to pass a value that starts with '-', put -- before it: priv-network search -- -bunny"),
+        (("search", "x", "--limit", "0"), "--limit: must be from 1 to 200, not 0"),
+        (("db",), "the following arguments are required: ACTION"),
+    ],
+    ids=" ".join,
+)
+def test_common_usage_slips_get_a_hint(cli: Cli, args: tuple[str, ...], hint: str) -> None:
+    line = one_line_error(cli.run(*args), 2)
+    assert hint in line, line
+
+
+def test_a_value_after_double_dash_is_not_an_option(cli: Cli, initialized: str) -> None:
+    line = one_line_error(cli.run("search", "--", "-bunny"), 1)  # parsed fine; only the node is missing
+    assert "no node is running" in line
+
+
+def test_db_help_names_the_action_not_the_variable(cli: Cli) -> None:
+    shown = ok(cli.run("db", "--help"))
+    assert "ACTION" in shown and "upgrade" in shown and "db_command" not in shown
 
 
 # -- serve, and the commands that talk to it ---------------------------------------
@@ -317,3 +422,76 @@ async def test_serve_refuses_an_old_schema_until_db_upgrade(
     head = db.head_revision()
     assert f"revision {head} (latest: {head})" in upgraded
     servers.start(port)
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers (a stalled media site)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_serve_exits_promptly_while_a_download_is_stuck(
+    cli: Cli, initialized: str, port: int, servers: Servers
+) -> None:
+    """yt-dlp waits on a server that never answers: the stopped node must not wait for it."""
+    config = cli.data / "config.toml"
+    text = config.read_text()
+    # A long socket timeout: a node that waits for yt-dlp would outlive STOP_TIMEOUT.
+    text = text.replace("allow_private = false", "allow_private = true").replace(
+        "socket_timeout = 30.0", 'socket_timeout = "300s"'
+    )
+    config.write_text(text)
+    silent = SilentServer()
+    try:
+        server = servers.start(port)
+        url = f"http://127.0.0.1:{silent.port}/slow.mp4"
+        assert url in ok(cli.run("download", url))
+        assert silent.accepted.wait(timeout=START_TIMEOUT), "yt-dlp never connected"
+        started = time.monotonic()
+        out, err = servers.stop(server, signal.SIGTERM)
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    no_traceback((out, err))
+    assert server.returncode == 0, err
+    assert elapsed < 10.0, f"the node took {elapsed:.1f}s to exit (shutdown_timeout is 10s)"
+    assert "left 1 running download(s) to be taken up at the next start" in err
+    assert err.splitlines()[-1].endswith("node stopped cleanly"), err
+
+
+def test_repl_with_piped_input_runs_lines_plainly(cli: Cli, initialized: str, port: int, servers: Servers) -> None:
+    servers.start(port)
+    result = cli.run("repl", input="status\nbogus\nsearch -bunny\nserve\nsearch nothing-like-this\n")
+    no_traceback(result)
+    assert result.returncode == 2, result  # the worst line was bad usage
+    assert "Warning" not in result.stderr and "alice>" not in result.stdout
+    assert initialized in result.stdout and "no results" in result.stdout
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3, errors
+    assert all(line.startswith("error: ") and "priv-network" not in line for line in errors), errors
+    assert errors[0].startswith("error: no command 'bogus'") and "status" in errors[0]
+    assert not any(name in errors[0] for name in ("init", "serve", "backup", "doctor", "demo"))
+    assert "put -- before it: search -- -bunny" in errors[1]
+    assert "only from the shell" in errors[2]
+
+    assert cli.run("repl", input="status\n").returncode == 0

@@ -90,3 +90,41 @@ async def test_a_node_that_went_away_keeps_the_repl(node: RunningNode) -> None:
     async with gone:
         assert await repl.execute(gone, "status", out, err) == 1
     assert "no node is running" in err.getvalue()
+
+
+async def test_unknown_commands_and_usage_errors_speak_repl(node: RunningNode) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    async with client_for(node) as client:
+        assert await repl.execute(client, "bogus", out, err) == 2
+        assert await repl.execute(client, "search -bunny", out, err) == 2
+        assert await repl.execute(client, "search x --limit 0", out, err) == 2
+        assert await repl.execute(client, "share revoke", out, err) == 2
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert all(line.startswith("error: ") and "priv-network" not in line for line in lines), lines
+    unknown = lines[0]
+    assert unknown.startswith("error: no command 'bogus'; `help` lists them (")
+    for local in repl.LOCAL_ONLY:
+        assert f" {local}," not in unknown and f"({local}," not in unknown
+    assert "search" in unknown and "exit" in unknown
+    assert lines[1].endswith(
+        "(see `help search`); to pass a value that starts with '-', put -- before it: search -- -bunny"
+    )
+    assert lines[2] == "error: search: argument --limit: must be from 1 to 200, not 0 (see `help search`)"
+    assert lines[3].startswith("error: share revoke: needs the share link")
+
+
+async def test_plain_line_mode_for_piped_input(node: RunningNode, media_dir: Path, tmp_path: Path) -> None:
+    await node.api("POST", "/api/v1/items", json={"paths": [str(media_dir)]})
+    history = tmp_path / "repl_history"
+    out = io.StringIO()
+    lines = io.StringIO("status\n\nsearch spider\nitem " + "a" * 26 + "\nexit\nstatus\n")
+    code = await repl.run(client_for(node), history, out=out, lines=lines)
+    assert code == 1  # the worst line: a failure
+    text = out.getvalue()
+    assert text.count("node ID") == 1  # nothing after `exit` ran
+    assert "Spider-Man Homecoming" in text and "`help` lists commands" not in text and ">" not in text
+    assert not history.exists()  # a script's lines are not the user's history
+
+    ok = await repl.run(client_for(node), history, out=io.StringIO(), lines=io.StringIO("status\n"))
+    assert ok == 0
