@@ -17,7 +17,7 @@ from node.folders import WatchedFolders
 from node.network import Network, verify_key_chain
 from node.pins import Pins
 from node.plex import PlexImport
-from node.service import ContentManager, check_visibility
+from node.service import ContentManager
 from node.serving import FileServe, OpenFiles
 from node.shares import ShareCut, Shares, ShareServe
 from node.traffic import Traffic
@@ -215,6 +215,7 @@ class ItemsApi:
         visibility = body.get("visibility", "private")
         if not isinstance(visibility, str):
             raise InvalidInput("visibility must be a string")
+        visibility = await self.cma.check_audience(visibility)
         report = await self.cma.ingest_paths(paths, title, visibility)
         changed = await self.cma.apply_visibility(report, visibility) if "visibility" in body else []
         out = report_json(report)
@@ -545,7 +546,7 @@ class ImportApi:
             raise InvalidInput("section must be a section name")
         if not isinstance(visibility, str):
             raise InvalidInput("visibility must be a string")
-        check_visibility(visibility)
+        visibility = await self.plex.check_audience(visibility)
         report = await self.plex.run(url.strip(), token.strip(), section or None, visibility)
         return web.json_response(report.to_json())
 

@@ -1,7 +1,9 @@
 """Backups of a node: identity, config, database and (optionally) the store, in one archive.
 
-The archive is a tar file (gzip-compressed unless the store is included,
-whose media is already compressed) with ``manifest.json`` listing every
+The archive is a tar file, gzip-compressed as its name says (``.tar.gz``,
+``.tgz``; ``.tar`` is not; any other name is compressed unless the store is
+included, whose media is already compressed; with the store gzip runs at its
+fastest level) with ``manifest.json`` listing every
 member's sha256, so a corrupted archive is refused before anything is
 restored. On SQLite the database is copied with SQLite's online backup API,
 which gives a consistent snapshot while the node keeps running. On
@@ -95,9 +97,13 @@ def _backup(config: Config, node_id: str, dest: Path, *, with_store: bool) -> di
             "files": {name: _sha256(path) for name, path in members.items()},
         }
         part = staging / "archive.part"
-        mode = "w" if with_store else "w:gz"
+        compress = _compressed(dest, with_store)
         try:
-            with tarfile.open(part, mode) as tar:  # type: ignore[call-overload]
+            with (
+                tarfile.open(part, "w:gz", compresslevel=1 if with_store else 9)
+                if compress
+                else tarfile.open(part, "w")
+            ) as tar:
                 data = json.dumps(manifest, indent=1).encode()
                 info = tarfile.TarInfo("manifest.json")
                 info.size = len(data)
@@ -112,6 +118,16 @@ def _backup(config: Config, node_id: str, dest: Path, *, with_store: bool) -> di
         except OSError as exc:
             raise PrivNetworkError(f"cannot write the backup: {exc.strerror}") from None
     return {"path": str(dest), "files": len(members), "bytes": dest.stat().st_size, "notes": notes}
+
+
+def _compressed(dest: Path, with_store: bool) -> bool:
+    """gzip, as the file name says (.tar.gz, .tgz: yes; .tar: no); else only without the store."""
+    name = dest.name.lower()
+    if name.endswith((".gz", ".tgz")):
+        return True
+    if name.endswith(".tar"):
+        return False
+    return not with_store
 
 
 def restore(archive: Path, target: Path) -> dict[str, Any]:

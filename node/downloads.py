@@ -42,7 +42,7 @@ import yt_dlp.utils
 from aiohttp import web
 
 from node.blobs import BlobStore
-from node.service import ContentManager, check_visibility
+from node.service import ContentManager
 from node.store import CmaStore
 from priv_network.errors import Conflict, Forbidden, InvalidInput, NotFound, PrivNetworkError
 from priv_network.http import int_param, json_body, principal_of, require_admin
@@ -315,7 +315,7 @@ class Downloads:
     async def add(self, url: str, owner: str, visibility: str) -> tuple[dict[str, Any], bool]:
         """Queue ``url``; returns (row, created). A URL queued or already downloaded is not fetched again."""
         url = await self.check_url(url)
-        visibility = check_visibility(visibility)
+        visibility = await self._cma.check_audience(visibility)
         for row in await self._store.downloads_by_url(url):
             if row["state"] in ("pending", "processing"):
                 return row, False

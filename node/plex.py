@@ -210,6 +210,9 @@ class PlexImport:
         self.mode = mode
         self._lock = asyncio.Lock()
 
+    async def check_audience(self, visibility: str) -> str:
+        return await self._cma.check_audience(visibility)
+
     async def run(self, url: str, token: str, section: str | None, visibility: str) -> PlexReport:
         if not url.startswith(("http://", "https://")):
             raise InvalidInput("--url must be the Plex server's http(s) address")

@@ -281,9 +281,29 @@ class ContentManager:
             await self.notify_changed()
         return await self.get_item(item_id)
 
+    async def check_audience(self, visibility: str) -> str:
+        """``check_visibility``, and a peers list must name members of the group.
+
+        Asked where a person sets a visibility (add, visibility, download,
+        import); a watched folder's configured default is not refused when a
+        member it names leaves, which would stop every rescan.
+        """
+        visibility = check_visibility(visibility)
+        if visibility.startswith("peers:"):
+            rows = {m["node_id"]: m for m in await self._store.list_members()}
+            for peer in visibility[len("peers:") :].split(","):
+                if peer == self.node_id:
+                    continue
+                member = rows.get(peer)
+                if member is None:
+                    raise InvalidInput(f"{peer} is not a member of this group (`priv-network peers` lists them)")
+                if not member["active"]:
+                    raise InvalidInput(f"{peer} ({member['name']}) was removed from the group")
+        return visibility
+
     async def set_visibility(self, item_id: str, visibility: str) -> ItemInfo:
         check_item_id(item_id)
-        if not await self._change_visibility(item_id, check_visibility(visibility)):
+        if not await self._change_visibility(item_id, await self.check_audience(visibility)):
             raise NotFound(f"no item {item_id}")
         await self.notify_changed()
         return await self.get_item(item_id)
@@ -850,6 +870,16 @@ def _blob_values(stored: StoredBlob, *, poster: bool, external_path: str | None 
 # or another node's on the same machine), so the key, the admin token, config.toml and the database
 # beside it can never become items.
 NODE_KEY_FILE = "node.key"
+# What a folder walk passes over besides hidden entries: files operating systems and
+# NAS boxes leave in media folders, and downloads still being written.
+SKIPPED_FOLDERS = frozenset({"@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information", "lost+found"})
+SKIPPED_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+SKIPPED_SUFFIXES = (".part", ".crdownload", ".partial", ".tmp", ".!qb", ".ytdl")
+
+
+def _skipped_in_walk(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SKIPPED_FILES or lowered.endswith(SKIPPED_SUFFIXES)
 _DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
@@ -941,9 +971,9 @@ def _collect(
                 dirnames[:] = []
                 continue
             dirnames.sort()
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIPPED_FOLDERS]
             for name in sorted(filenames):
-                if name.startswith("."):
+                if name.startswith(".") or _skipped_in_walk(name):
                     continue
                 file_path = Path(dirpath) / name
                 try:

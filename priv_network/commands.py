@@ -179,6 +179,11 @@ async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -
         sys.stderr.write(f"warning: {warning['path']}: {warning['warning']}\n")
     for failure in report["failed"]:
         sys.stderr.write(f"failed: {failure['path']}: {failure['error']}\n")
+    if not (report["added"] or report["existing"] or report["failed"]):
+        sys.stderr.write(
+            "note: no files found to add (hidden files, system files such as Thumbs.db"
+            " and unfinished downloads are passed over)\n"
+        )
     return EXIT_FAIL if report["failed"] else EXIT_OK
 
 

@@ -161,3 +161,26 @@ async def test_adding_again_with_a_visibility_reaches_peers_as_a_change(network:
     await a.api("POST", "/api/v1/items", json={"paths": [str(path)], "visibility": f"peers:{b.node_id}"})
     await b.sync()
     assert ids(await b.search("zebra")) == {item["id"]}
+
+
+async def test_a_peers_list_must_name_members(trio: tuple[NetNode, NetNode, NetNode], tmp_path: Path) -> None:
+    """An unknown or removed node in a peers list is refused with its reason; nothing changes."""
+    a, b, c = trio
+    item = (await a.add(write_file(tmp_path, "Zebra members.txt"), visibility=f"peers:{b.node_id}"))[0]
+    await a.api("DELETE", f"/api/v1/network/members/{c.node_id}")
+    stranger = "AAAAAAAA-AAAAAAAA-AAAAAAAA-AAAAAAAA"
+    for rule, reason in (
+        (f"peers:{b.node_id},{stranger}", "is not a member of this group"),
+        (f"peers:{c.node_id}", "was removed from the group"),
+    ):
+        reply = await a.call("PATCH", f"/api/v1/items/{item['id']}", json={"visibility": rule})
+        assert reply.status == 400 and reason in reply.message, (rule, reply.message)
+        path = write_file(tmp_path, f"Zebra other {reason[:6]}.txt")
+        reply = await a.call("POST", "/api/v1/items", json={"paths": [str(path)], "visibility": rule})
+        assert reply.status == 400 and reason in reply.message, (rule, reply.message)
+        assert ids(await a.search("zebra other")) == set()
+    assert (await a.api("GET", f"/api/v1/items/{item['id']}"))["visibility"] == f"peers:{b.node_id}"
+    # The node itself may be named (it always sees its own items).
+    rule = f"peers:{a.node_id},{b.node_id}"
+    await a.api("PATCH", f"/api/v1/items/{item['id']}", json={"visibility": rule})
+    assert (await a.api("GET", f"/api/v1/items/{item['id']}"))["visibility"] == rule

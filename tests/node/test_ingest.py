@@ -61,6 +61,20 @@ async def test_folder_is_ingested_recursively_with_probed_metadata(node: Running
     assert not list((node.config.store_path / "tmp").iterdir())
 
 
+async def test_a_folder_walk_passes_over_system_files_and_partial_downloads(node: RunningNode, media_dir: Path) -> None:
+    junk = ["Thumbs.db", "desktop.ini", ".DS_Store", "Film.mp4.part", "Film.mkv.crdownload", "clip.ytdl"]
+    for name in junk:
+        (media_dir / name).write_bytes(b"junk " + name.encode())
+    (media_dir / "@eaDir" / "cover.png").mkdir(parents=True)
+    (media_dir / "@eaDir" / "cover.png" / "SYNOFILE_THUMB_M.jpg").write_bytes(b"thumb")
+    report = await add(node, media_dir)
+    assert {i["title"] for i in report["added"]} == {"Spider-Man Homecoming", "Amélie - La Valse", "cover", "notes"}
+    assert report["failed"] == []
+    # Named on its own, such a file is taken: the walk skips it, the user did not.
+    report = await add(node, media_dir / "Film.mp4.part")
+    assert [i["title"] for i in report["added"]] == ["Film.mp4"]
+
+
 async def test_same_content_twice_is_stored_once(node: RunningNode, tmp_path: Path, media_dir: Path) -> None:
     first = await add(node, media_dir / "cover.png")
     copy = tmp_path / "copy-of-cover.png"

@@ -24,6 +24,11 @@ def wait_healthy(port: int, deadline: float = 60) -> None:
     raise AssertionError("node did not start")
 
 
+def _gzipped(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def test_backup_wipe_restore_keeps_identity_and_items(cli: Cli, media_dir: Path, tmp_path: Path) -> None:
     if "PRIV_NETWORK_DATABASE_URL" in cli.env:
         # On PostgreSQL the archive holds identity and config only (pg_dump covers the database).
@@ -49,6 +54,13 @@ def test_backup_wipe_restore_keeps_identity_and_items(cli: Cli, media_dir: Path,
     # offline backup too (the node is stopped: the CLI takes the folder's lock itself)
     offline = cli.run("backup", str(tmp_path / "offline.tar"), "--store")
     assert offline.returncode == 0, offline.stderr
+    # The name says whether it is compressed: .tar is not, .tar.gz is, with or without the store.
+    assert not _gzipped(tmp_path / "offline.tar") and _gzipped(archive)
+    zipped = cli.run("backup", str(tmp_path / "offline-store.tar.gz"), "--store")
+    assert zipped.returncode == 0, zipped.stderr
+    assert _gzipped(tmp_path / "offline-store.tar.gz")
+    with tarfile.open(tmp_path / "offline-store.tar.gz", "r:gz") as tar:
+        assert any(name.startswith("store/") for name in tar.getnames())
 
     shutil.rmtree(cli.data)
     restored = cli.run("restore", str(archive))

@@ -339,6 +339,12 @@ def test_a_running_node_serves_the_commands(
     by_title = {e["title"]: e for e in added}
     spider = by_title["Spider-Man Homecoming"]
     assert json.loads(ok(cli.run("status", "--json")))["items"] == 4
+    empty = media_dir / "empty"
+    empty.mkdir()
+    (empty / "Thumbs.db").write_bytes(b"x")
+    nothing = cli.run("add", str(empty))
+    assert nothing.returncode == 0 and "0 added" in nothing.stdout
+    assert "no files found" in nothing.stderr and len(nothing.stderr.splitlines()) == 1
 
     hits = json.loads(ok(cli.run("search", "spider man", "--json")))
     assert [h["title"] for h in hits] == ["Spider-Man Homecoming"]
