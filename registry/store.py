@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,11 +18,19 @@ from priv_network.wire import CommentInfo, FeedPage, ItemInfo
 from registry.models import comments, copies, entries, history, outbox, sources, view_totals
 from registry.search import Hit, backend_for, filters_clause, normalize, query_words
 
+# Words joined by a hyphen, apostrophe or dot: "Spider-Man", "Ocean's", "S.H.I.E.L.D."
+_JOINED = re.compile(r"\w+(?:[-'\u2019.]\w+)+")
+
 
 def search_text(item: ItemInfo) -> str:
-    """What search matches: the title, the show, the genres and the year."""
+    """What search matches: the title, the show, the genres and the year.
+
+    A joined word is also indexed run together, so "spiderman" finds "Spider-Man"
+    as "spider man" does.
+    """
     parts = [item.title, item.show or "", " ".join(item.genres), str(item.year or "")]
-    return normalize(" ".join(p for p in parts if p))
+    joined = [normalize(m).replace(" ", "") for p in parts[:2] for m in _JOINED.findall(p) if not m[0].isdigit()]
+    return normalize(" ".join(p for p in parts + joined if p))
 
 
 def item_row(node_id: str, item: ItemInfo) -> dict[str, Any]:

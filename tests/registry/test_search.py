@@ -111,6 +111,9 @@ async def test_tokens_and_case_do_not_matter(films: RunningNode) -> None:
         "homecoming",
         "spider man homecoming",
         "SpIdEr  MaN",
+        "spiderman",
+        "spiderm",
+        "Spiderman homecoming",
     ]:
         assert await titles(films, q) == ["Spider-Man Homecoming"], q
 
