@@ -13,15 +13,20 @@ its final name. Everything here is blocking and runs in worker threads.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import sys
+import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, cast
 
 from blake3 import blake3
 
-from priv_network.errors import InsufficientStorage, InvalidInput, PrivNetworkError
+from priv_network.errors import Conflict, InsufficientStorage, InvalidInput, PrivNetworkError
 from priv_network.manifest import HASH_LEN, block_hash, manifest_hash
 
 
@@ -33,6 +38,64 @@ class StoredBlob:
     manifest: bytes
     manifest_hash: str
     already_stored: bool
+
+
+class HashMark(NamedTuple):
+    """Where a StreamHasher stood (copies of its states), to rewind to."""
+
+    size: int
+    whole: blake3
+    block: blake3
+    fill: int
+    manifest_len: int
+
+
+class StreamHasher:
+    """BLAKE3 of a byte stream and of each of its fixed-size blocks, fed in pieces of any size.
+
+    Gives the content hash and manifest that ingest and adopt compute, so a file
+    hashed as it arrives (an upload) is not read again when it enters the store.
+    ``mark`` and ``rewind`` drop bytes fed since the mark (a chunk that failed
+    its checksum), without hashing anything again.
+    """
+
+    __slots__ = ("_block", "_fill", "_manifest", "_whole", "block_size", "size")
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.size = 0
+        self._whole = blake3()
+        self._block = blake3()
+        self._fill = 0
+        self._manifest = bytearray()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._whole.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block_size - self._fill)
+            self._block.update(view[:take] if take < len(view) else view)
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.block_size:
+                self._manifest += self._block.digest()
+                self._block = blake3()
+                self._fill = 0
+
+    def mark(self) -> HashMark:
+        return HashMark(self.size, self._whole.copy(), self._block.copy(), self._fill, len(self._manifest))
+
+    def rewind(self, mark: HashMark) -> None:
+        self.size, self._whole, self._block, self._fill = mark.size, mark.whole, mark.block, mark.fill
+        del self._manifest[mark.manifest_len :]
+
+    def result(self) -> tuple[str, bytes]:
+        """(content hash, manifest) of everything fed so far."""
+        manifest = bytes(self._manifest)
+        if self._fill:
+            manifest += self._block.digest()
+        return self._whole.hexdigest(), manifest
 
 
 class BlobStore:
@@ -110,7 +173,7 @@ class BlobStore:
         blocks: list[bytes] = []
         buf = bytearray(block_size)
         view = memoryview(buf)
-        size = 0
+        size = flushed = 0
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             while True:
@@ -122,6 +185,9 @@ class BlobStore:
                 blocks.append(blake3(chunk).digest())
                 _write_all(out, chunk)
                 size += n
+                if size - flushed >= WRITEBACK_WINDOW:
+                    start_writeback(out, flushed, size - flushed)
+                    flushed = size
                 if n < block_size:
                     break
             os.fsync(out)
@@ -194,6 +260,39 @@ class BlobStore:
             already_stored=already,
         )
 
+    def adopt_hashed(self, path: Path, hashed: StreamHasher) -> StoredBlob:
+        """As ``adopt``, for a file whose bytes were hashed as they were written: fsync, then rename in.
+
+        The caller vouches that ``hashed`` saw exactly the file's bytes; a size that
+        disagrees (the file changed behind its back) falls back to hashing the file.
+        """
+        if hashed.block_size != self.block_size:
+            return self.adopt(path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if os.fstat(fd).st_size != hashed.size:
+                return self.adopt(path)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        content_hash, manifest = hashed.result()
+        final = self.blob_path(content_hash)
+        already = final.exists()
+        if already:
+            path.unlink(missing_ok=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+            _fsync_dir(final.parent)
+        return StoredBlob(
+            content_hash=content_hash,
+            size=hashed.size,
+            block_size=self.block_size,
+            manifest=manifest,
+            manifest_hash=manifest_hash(self.block_size, hashed.size, manifest),
+            already_stored=already,
+        )
+
     def write_poster(self, content_hash: str, jpeg: bytes) -> None:
         final = self.poster_path(content_hash)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.jpg"
@@ -211,58 +310,9 @@ class BlobStore:
     def pin_part(self, content_hash: str) -> Path:
         return self.pin_dir / f"{content_hash}.part"
 
-    def verified_prefix(self, content_hash: str, manifest: bytes, block_size: int, size: int) -> int:
-        """Bytes at the start of the partial copy that match the manifest; the rest is cut off."""
-        part = self.pin_part(content_hash)
-        if not part.exists():
-            return 0
-        good = 0
-        with open(part, "r+b") as fh:
-            index = 0
-            while good < size:
-                block = fh.read(min(block_size, size - good))
-                expected = manifest[index * HASH_LEN : (index + 1) * HASH_LEN]
-                if len(block) < min(block_size, size - good) or block_hash(block) != expected:
-                    break
-                good += len(block)
-                index += 1
-            fh.truncate(good)
-        return good
-
-    def write_pin_block(self, content_hash: str, offset: int, data: bytes) -> None:
-        part = self.pin_part(content_hash)
-        try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o640)
-            try:
-                os.lseek(fd, offset, os.SEEK_SET)
-                _write_all(fd, memoryview(data))
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise InsufficientStorage(f"the disk filled up while pinning: {exc.strerror}") from None
-            raise PrivNetworkError(f"cannot write the pinned copy: {exc.strerror}") from None
-
-    def commit_pin(self, content_hash: str, size: int) -> None:
-        """Check the whole copy against its content hash, then move it into the store."""
-        part = self.pin_part(content_hash)
-        whole = blake3()
-        total = 0
-        with open(part, "rb") as fh:
-            os.fsync(fh.fileno())
-            while chunk := fh.read(4 * 1024 * 1024):
-                whole.update(chunk)
-                total += len(chunk)
-        if total != size or whole.hexdigest() != content_hash:
-            part.unlink(missing_ok=True)
-            raise PrivNetworkError("the pinned copy does not match its content hash; it was discarded")
-        final = self.blob_path(content_hash)
-        if final.exists():
-            part.unlink(missing_ok=True)
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, final)
-        _fsync_dir(final.parent)
+    def open_pin(self, content_hash: str, manifest: bytes, block_size: int, size: int) -> PinWriter:
+        """Open the partial copy of a pin for a fetch, keeping only its verified prefix (see PinWriter)."""
+        return PinWriter(self, content_hash, manifest, block_size, size)
 
     def delete_pin_files(self, content_hash: str, *, blob_too: bool) -> None:
         self.pin_part(content_hash).unlink(missing_ok=True)
@@ -272,6 +322,189 @@ class BlobStore:
     def delete(self, content_hash: str) -> None:
         self.blob_path(content_hash).unlink(missing_ok=True)
         self.poster_path(content_hash).unlink(missing_ok=True)
+
+
+# Dirty pages are handed to the disk every this many bytes while a file is written.
+WRITEBACK_WINDOW = 32 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """glibc's sync_file_range(2), or None where there is none (not Linux, no glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", fn)
+
+
+_SYNC_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of a file to disk now, without waiting for it.
+
+    The final fsync then finds most of the file already on disk instead of
+    writing all of it at the end: the disk works while the next blocks are
+    read and hashed (bench/ingest.py measured 1 GiB ingests ~1.3-1.7x faster
+    on this machine's virtual disk). Only a hint: a failure is ignored, and
+    fsync still decides durability.
+    """
+    if _SYNC_RANGE is not None:
+        _SYNC_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+# A block as a fetch hands it over: one buffer, or the network chunks it arrived in, in order.
+BlockData = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
+
+
+class PinWriter:
+    """The partial copy of a pin (``pins/HASH.part``), open for the length of a fetch.
+
+    Opening it checks the blocks already on disk against the manifest and
+    cuts the file after the last good one, so a fetch resumes from its
+    verified prefix after a cut or a restart. Blocks are then appended in
+    order, each checked against the manifest before a byte of it is written,
+    and the whole-file BLAKE3 is fed as they go: committing the copy fsyncs
+    and renames it, without reading the file again. ``sync``, called now and
+    then from another thread while blocks keep coming, hands what is written
+    to the disk, so the final fsync is short.
+
+    Every method blocks (run it in a worker thread); a lock keeps them one at
+    a time (``sync`` only holds it to start), so ``close`` waits for a write
+    still under way.
+    """
+
+    def __init__(self, store: BlobStore, content_hash: str, manifest: bytes, block_size: int, size: int) -> None:
+        self.content_hash = content_hash
+        self.size = size
+        self._store = store
+        self._manifest = manifest
+        self._block_size = block_size
+        self._whole = blake3()
+        self._lock = threading.Lock()
+        self._path = store.pin_part(content_hash)
+        self._fd: int | None = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            self.verified = self._check_prefix(self._fd)
+            os.ftruncate(self._fd, self.verified)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._sync_error: OSError | None = None
+
+    def _expected(self, index: int) -> bytes:
+        return self._manifest[index * HASH_LEN : (index + 1) * HASH_LEN]
+
+    def _check_prefix(self, fd: int) -> int:
+        good = 0
+        buf = bytearray(self._block_size)
+        while good < self.size:
+            length = min(self._block_size, self.size - good)
+            view = memoryview(buf)[:length]
+            if _read_full(fd, view) < length or block_hash(view) != self._expected(good // self._block_size):
+                break
+            self._whole.update(view)
+            good += length
+        return good
+
+    def append(self, index: int, data: BlockData) -> bool:
+        """Write block ``index`` (one buffer, or its parts in order) after the verified prefix.
+
+        False, and nothing written, if it does not match the manifest.
+        """
+        parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        with self._lock:
+            if self._fd is None:
+                raise PrivNetworkError("the pinned copy was closed")
+            offset = index * self._block_size
+            if offset != self.verified:
+                raise Conflict(f"pin blocks must arrive in order (expected offset {self.verified})")
+            h = blake3()
+            for part in parts:
+                h.update(part)
+            if h.digest() != self._expected(index):
+                return False
+            try:
+                _pwrite_all(self._fd, parts, offset)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise InsufficientStorage(f"the disk filled up while pinning: {exc.strerror}") from None
+                raise PrivNetworkError(f"cannot write the pinned copy: {exc.strerror}") from None
+            for part in parts:
+                self._whole.update(part)
+            self.verified = offset + sum(memoryview(p).nbytes for p in parts)
+            return True
+
+    def sync(self) -> None:
+        """Write what was appended so far to the disk (fdatasync), while appends go on.
+
+        It syncs a duplicate of the descriptor, outside the lock. An error is
+        kept for ``commit``: the kernel reports a writeback error only once.
+        """
+        with self._lock:
+            if self._fd is None:
+                return
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            self._sync_error = exc
+        finally:
+            os.close(fd)
+
+    def commit(self) -> None:
+        """Check the whole copy against its content hash, then move it into the store (and close it)."""
+        with self._lock:
+            if self._fd is None:
+                raise PrivNetworkError("the pinned copy was closed")
+            if self.verified != self.size:
+                raise PrivNetworkError(f"the pinned copy is incomplete ({self.verified} of {self.size} bytes)")
+            fd, self._fd = self._fd, None
+            try:
+                if self._whole.hexdigest() != self.content_hash:
+                    self._path.unlink(missing_ok=True)
+                    self.verified = 0
+                    raise PrivNetworkError("the pinned copy does not match its content hash; it was discarded")
+                if self._sync_error is not None:
+                    raise self._sync_error
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(f"the disk filled up while pinning: {exc.strerror}") from None
+                raise PrivNetworkError(f"cannot write the pinned copy to disk: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+        final = self._store.blob_path(self.content_hash)
+        if final.exists():
+            self._path.unlink(missing_ok=True)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, final)
+        _fsync_dir(final.parent)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _pwrite_all(fd: int, parts: list[bytes | bytearray | memoryview], offset: int) -> None:
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        n = os.pwritev(fd, views[:512], offset)  # IOV_MAX is 1024 on Linux
+        offset += n
+        while views and n >= views[0].nbytes:
+            n -= views[0].nbytes
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
 
 
 def _read_full(fd: int, view: memoryview) -> int:

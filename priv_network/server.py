@@ -35,7 +35,7 @@ from node.serving import OpenFiles
 from node.shares import Shares
 from node.store import CmaStore
 from node.traffic import Traffic
-from node.uploads import Uploads, UploadsApi
+from node.uploads import Uploads, UploadsApi, tus_resumable_header
 from node.users import Users
 from priv_network import __version__, db
 from priv_network.config import Config
@@ -62,6 +62,12 @@ from registry.transfer import Broker, Pinner
 from webapp.views import Pages
 
 log = logging.getLogger("priv_network.server")
+
+# How much of a peer's response body the client buffers before it stops reading the socket
+# (aiohttp's default is 64 KiB). A pin takes a peer's blocks chunk by chunk as they arrive: with
+# the default, the socket was paused and resumed for every few chunks (bench/broker.py).
+PEER_READ_BUFSIZE = 1024 * 1024
+
 NODE: web.AppKey[Node] = web.AppKey("node")
 
 
@@ -213,6 +219,7 @@ class Node:
             cma=self.cma,
             workers=config.downloads.workers,
             allow_private=config.downloads.allow_private,
+            allowed_networks=config.downloads.allowed_networks,
             max_filesize=config.downloads.max_filesize,
             socket_timeout=config.downloads.socket_timeout,
         )
@@ -223,6 +230,7 @@ class Node:
         self.users = Users(store=self.cma_store, cma=self.cma)
         self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
+        self.registry.after_round(self.broker.forget)  # before reconcile, which asks the broker
         self.registry.after_round(self.pinner.reconcile)
         self.community = Community(store=self.cma_store, cma=self.cma, max_length=config.community.comment_max_length)
         self.community_service = CommunityService(
@@ -359,6 +367,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         middlewares=[error_middleware, security_headers_middleware, federation_middleware, auth_middleware],
         client_max_size=1024**2,
     )
+    app.on_response_prepare.append(tus_resumable_header)
     app[CONFIG] = config
     app[AUTHENTICATOR] = node.cma
     app[METRICS] = node.metrics
@@ -383,6 +392,7 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         async with aiohttp.ClientSession(
             headers={"User-Agent": f"priv_network/{__version__}"},
             connector=aiohttp.TCPConnector(limit=64, limit_per_host=8),
+            read_bufsize=PEER_READ_BUFSIZE,
         ) as session:
             client = PeerClient(session, node.signer, timeout=config.sync.timeout)
             node.set_http(session, client)
@@ -405,7 +415,9 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
         await node.downloads.stop()
         await node.community_service.close()
         await node.pinner.close()
+        await node.pins.close()  # records how far each fetch got
         await node.registry.close()
+        await node.traffic.close()  # the counters not yet written
         await node.open_files.close()
 
     async def scheduler(app: web.Application) -> AsyncIterator[None]:

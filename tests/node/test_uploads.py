@@ -24,7 +24,9 @@ from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.interface import Storage
 from tusclient.uploader import Uploader
 
+from node.store import CmaStore
 from node.uploads import MAX_METADATA, Uploads, UploadsApi
+from priv_network import db
 from tests.conftest import NodeFactory, RunningNode
 
 MiB = 1024 * 1024
@@ -159,15 +161,17 @@ class RawPatch:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
+    def request_line(self) -> list[str]:
+        return [f"PATCH {path_of(self.url)} HTTP/1.1", f"Upload-Offset: {self.offset}"]
+
     async def start(self, first: bytes) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.node.client.port)
         lines = [
-            f"PATCH {path_of(self.url)} HTTP/1.1",
+            *self.request_line(),
             f"Host: 127.0.0.1:{self.node.client.port}",
             f"Authorization: Bearer {self.node.token}",
             "Tus-Resumable: 1.0.0",
             "Content-Type: application/offset+octet-stream",
-            f"Upload-Offset: {self.offset}",
             f"Content-Length: {self.length}",
             "Connection: close",
         ]
@@ -195,6 +199,16 @@ class RawPatch:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
         return int(status_line.split()[1]), headers
+
+
+class RawCreate(RawPatch):
+    """A creation-with-upload POST written by hand (the whole upload in its body)."""
+
+    def __init__(self, node: RunningNode, length: int, checksum: str | None = None) -> None:
+        super().__init__(node, "", 0, length, checksum)
+
+    def request_line(self) -> list[str]:
+        return ["POST /api/v1/uploads/ HTTP/1.1", f"Upload-Length: {self.length}"]
 
 
 @pytest.fixture(params=["serve", "cancelling"])
@@ -324,6 +338,7 @@ async def test_same_file_uploaded_twice_is_reported_as_duplicate(node: RunningNo
     data = os.urandom(300_000)
     up = tus_client(node).uploader(file_stream=Source(data), chunk_size=100_000, metadata={"filename": "clip.bin"})
     await asyncio.to_thread(up.upload)
+    assert up.url
     first = await info(node, up.url)
     assert (first["state"], first["duplicate"]) == ("complete", False)
 
@@ -342,8 +357,8 @@ async def test_same_file_uploaded_twice_is_reported_as_duplicate(node: RunningNo
     assert second["duplicate"] is True
     assert second["item_id"] == first["item_id"]
     assert len((await node.api("GET", "/api/v1/items"))["items"]) == 1
-    # Only the upload whose body failed its checksum is left (empty, until it expires).
-    assert [p.stat().st_size for p in (node.config.store_path / "uploads").iterdir()] == [0]
+    # The creation whose body failed its checksum left nothing behind.
+    assert list((node.config.store_path / "uploads").iterdir()) == []
 
 
 async def test_bad_checksum_is_refused_and_the_chunk_discarded(node: RunningNode) -> None:
@@ -571,3 +586,86 @@ async def test_expired_uploads_answer_410_and_are_swept(node_factory: NodeFactor
     assert (await head(node, url))[0] == 404
     assert (await info(node, kept))["state"] == "complete"
     assert await uploads_of(node).sweep() == 0
+
+
+async def test_every_tus_response_says_tus_resumable(node: RunningNode) -> None:
+    """tus 1.0: every response carries Tus-Resumable, errors included (even those given
+    before a handler runs), so that a client can tell it is speaking to a tus server."""
+    url = await new_upload(node, 100)
+    answers: list[tuple[str, int, Any]] = []
+
+    async def send(what: str, method: str, path: str, headers: dict[str, str], data: bytes | None = None) -> None:
+        async with node.client.request(method, path, headers=headers, data=data) as resp:
+            answers.append((what, resp.status, resp.headers.get("Tus-Resumable")))
+
+    full = {**node.auth, **TUS, **OCTETS}
+    await send("no credentials", "PATCH", path_of(url), {**TUS, **OCTETS, "Upload-Offset": "0"}, b"x")
+    await send("bad token", "HEAD", path_of(url), {"Authorization": "Bearer pn_nope", **TUS})
+    await send("unknown upload", "HEAD", "/api/v1/uploads/" + "0" * 32, {**node.auth, **TUS})
+    await send("method not allowed", "PUT", path_of(url), full, b"x")
+    await send("no version", "PATCH", path_of(url), {**node.auth, **OCTETS, "Upload-Offset": "0"}, b"x")
+    await send("wrong type", "PATCH", path_of(url), {**node.auth, **TUS, "Upload-Offset": "0"}, b"x")
+    await send("offset conflict", "PATCH", path_of(url), {**full, "Upload-Offset": "5"}, b"x")
+    await send("bad offset", "PATCH", path_of(url), {**full, "Upload-Offset": "-1"}, b"x")
+    wrong = "sha1 " + b64(hashlib.sha1(b"y").digest())
+    await send("bad checksum", "PATCH", path_of(url), {**full, "Upload-Offset": "0", "Upload-Checksum": wrong}, b"x")
+    await send("too large", "POST", "/api/v1/uploads/", {**node.auth, **TUS, "Upload-Length": str(2**62)})
+    await send("written", "PATCH", path_of(url), {**full, "Upload-Offset": "0"}, b"x")
+    await send("head", "HEAD", path_of(url), {**node.auth, **TUS})
+    await send("created", "POST", "/api/v1/uploads/", {**node.auth, **TUS, "Upload-Length": "1"})
+    await send("terminated", "DELETE", path_of(url), {**node.auth, **TUS})
+    statuses = [status for _, status, _ in answers]
+    assert statuses == [401, 401, 404, 405, 412, 415, 409, 400, 460, 413, 204, 200, 201, 204], answers
+    assert [what for what, _, version in answers if version != "1.0.0"] == []
+
+
+async def upload_rows(node: RunningNode) -> list[str]:
+    """Ids of the node's unfinished uploads, straight from its database."""
+    engine = db.create_engine(node.config.database_url)
+    try:
+        return await CmaStore(engine).expired_uploads(time.time() + 10**9)
+    finally:
+        await engine.dispose()
+
+
+async def test_failed_creation_with_upload_leaves_nothing(node: RunningNode, cancels_handlers: bool) -> None:
+    """A POST whose body fails gives its client no Location: nothing could resume it, so
+    nothing of it may stay (no row, no partial file), and nothing else is touched."""
+    uploads_dir = node.config.store_path / "uploads"
+    data = os.urandom(6 * MiB)
+    headers = {**node.auth, **TUS, **OCTETS, "Upload-Length": str(len(data))}
+    wrong = "sha256 " + b64(hashlib.sha256(b"not it").digest())
+    async with node.client.post(
+        "/api/v1/uploads/", data=io.BytesIO(data), headers={**headers, "Upload-Checksum": wrong}
+    ) as resp:
+        assert resp.status == 460
+        assert "Location" not in resp.headers
+    async with node.client.post("/api/v1/uploads/", data=io.BytesIO(data + b"!"), headers=headers) as resp:
+        assert resp.status == 400
+        assert "Upload-Length" in (await resp.json())["error"]["message"]
+    async with node.client.post("/api/v1/uploads/", data=b"x", headers={**headers, "Upload-Checksum": "md5 x"}) as resp:
+        assert resp.status == 400
+    assert list(uploads_dir.iterdir()) == []
+    assert await upload_rows(node) == []
+
+    def writing() -> bool:
+        return any(p.stat().st_size >= 4 * MiB for p in uploads_dir.iterdir())
+
+    async def gone() -> bool:
+        return not any(uploads_dir.iterdir()) and await upload_rows(node) == []
+
+    # Bodies cut mid-way, with a checksum and without one (which a PATCH would keep).
+    for checksum in ("sha1 " + b64(hashlib.sha1(data).digest()), None):
+        cut = RawCreate(node, len(data), checksum)
+        await cut.start(data[: 5 * MiB])
+        await wait_for(writing, "the server to write part of the body")
+        await cut.cut()
+        await wait_for(gone, "the failed creation to be removed")
+    assert (await node.api("GET", "/api/v1/items"))["items"] == []
+
+    # And a creation-with-upload that works still does.
+    async with node.client.post("/api/v1/uploads/", data=io.BytesIO(data), headers=headers) as resp:
+        assert resp.status == 201
+        assert resp.headers["Upload-Offset"] == str(len(data))
+        item = await node.api("GET", f"/api/v1/items/{resp.headers['X-Item-Id']}")
+    assert item["size"] == len(data)
