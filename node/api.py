@@ -250,7 +250,8 @@ class ItemsApi:
         if "visibility" in body:
             if not isinstance(body["visibility"], str):
                 raise InvalidInput("visibility must be a string")
-            item = await self.cma.set_visibility(item_id, body["visibility"])
+            visibility = await self.cma.check_audience(body["visibility"])
+            item = await self.cma.set_visibility(item_id, visibility)
         return web.json_response(item_json(item or await self.cma.get_item(item_id)))
 
     async def remove_item(self, request: web.Request) -> web.Response:

@@ -303,7 +303,7 @@ class ContentManager:
 
     async def set_visibility(self, item_id: str, visibility: str) -> ItemInfo:
         check_item_id(item_id)
-        if not await self._change_visibility(item_id, await self.check_audience(visibility)):
+        if not await self._change_visibility(item_id, check_visibility(visibility)):
             raise NotFound(f"no item {item_id}")
         await self.notify_changed()
         return await self.get_item(item_id)

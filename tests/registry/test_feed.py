@@ -45,9 +45,8 @@ from priv_network.wire import MAX_PAGE, FeedEntry, FeedPage, RosterEvent
 from registry.models import entries as registry_items
 from registry.models import metadata as registry_metadata
 from registry.models import sources as registry_sources
-from registry.search import normalize
 from registry.service import Registry
-from registry.store import RegistryStore
+from registry.store import RegistryStore, search_text
 from tests.conftest import RunningNode, free_port
 
 # -- reading a running node's feed ------------------------------------------------------
@@ -529,7 +528,7 @@ class CmaCatalog:
 async def expected_rows(cma: ContentManager) -> dict[str, tuple[Any, ...]]:
     items = await cma.list_items(10_000)
     return {
-        i.id: (i.title, i.visibility, i.kind, i.content_hash, i.size, normalize(i.title))
+        i.id: (i.title, i.visibility, i.kind, i.content_hash, i.size, search_text(i))
         for i in items  # the registry keeps what the owner publishes, normalized for search
     }
 
