@@ -241,24 +241,7 @@ class BlobStore:
                 whole.update(chunk)
                 blocks.append(block_hash(chunk))
                 size += len(chunk)
-        manifest = b"".join(blocks)
-        content_hash = whole.hexdigest()
-        final = self.blob_path(content_hash)
-        already = final.exists()
-        if already:
-            path.unlink(missing_ok=True)
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-            _fsync_dir(final.parent)
-        return StoredBlob(
-            content_hash=content_hash,
-            size=size,
-            block_size=self.block_size,
-            manifest=manifest,
-            manifest_hash=manifest_hash(self.block_size, size, manifest),
-            already_stored=already,
-        )
+        return self._move_in(path, whole.hexdigest(), size, b"".join(blocks))
 
     def adopt_hashed(self, path: Path, hashed: StreamHasher) -> StoredBlob:
         """As ``adopt``, for a file whose bytes were hashed as they were written: fsync, then rename in.
@@ -276,6 +259,10 @@ class BlobStore:
         finally:
             os.close(fd)
         content_hash, manifest = hashed.result()
+        return self._move_in(path, content_hash, hashed.size, manifest)
+
+    def _move_in(self, path: Path, content_hash: str, size: int, manifest: bytes) -> StoredBlob:
+        """Rename a synced, hashed file to its content address (or drop it: that content is stored)."""
         final = self.blob_path(content_hash)
         already = final.exists()
         if already:
@@ -286,10 +273,10 @@ class BlobStore:
             _fsync_dir(final.parent)
         return StoredBlob(
             content_hash=content_hash,
-            size=hashed.size,
+            size=size,
             block_size=self.block_size,
             manifest=manifest,
-            manifest_hash=manifest_hash(self.block_size, hashed.size, manifest),
+            manifest_hash=manifest_hash(self.block_size, size, manifest),
             already_stored=already,
         )
 

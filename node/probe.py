@@ -88,11 +88,16 @@ def _probe_open(container: av.container.InputContainer, mime: str) -> ProbeResul
     fmt = container.format.name
     if fmt.split(",")[0] in _NOT_MEDIA_FORMATS:
         return ProbeResult(kind="other", mime=mime)
+    # A stream without a codec context is one FFmpeg guessed at in random bytes: not a stream.
     video = next(
-        (s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)),
+        (
+            s
+            for s in container.streams.video
+            if s.codec_context is not None and not (s.disposition & av.stream.Disposition.attached_pic)
+        ),
         None,
     )
-    audio = next(iter(container.streams.audio), None)
+    audio = next((s for s in container.streams.audio if s.codec_context is not None), None)
     duration = None
     if container.duration is not None and container.duration > 0:
         duration = container.duration / av.time_base

@@ -69,6 +69,29 @@ def split_genres(text: str | None) -> tuple[str, ...]:
     return tuple(g for g in (text or "").split(",") if g)
 
 
+def _probed_values(
+    result: ProbeResult, stored: StoredBlob, name: str, metadata: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An item's columns from its probe and its source's metadata (a probed duration wins)."""
+    values: dict[str, Any] = {
+        "kind": result.kind,
+        "mime": result.mime,
+        "size": stored.size,
+        "duration": result.duration,
+        "width": result.width,
+        "height": result.height,
+        "video_codec": result.video_codec,
+        "audio_codec": result.audio_codec,
+        "container": result.container,
+        "original_name": name,
+        "warning": result.warning,
+        **metadata_values(metadata or {}),
+    }
+    if result.duration is None and isinstance((metadata or {}).get("duration"), int | float):
+        values["duration"] = float((metadata or {})["duration"])
+    return values
+
+
 def metadata_values(meta: dict[str, Any]) -> dict[str, Any]:
     """Item columns from source metadata (unknown keys ignored, types checked, lengths bounded)."""
     out: dict[str, Any] = {}
@@ -650,22 +673,7 @@ class ContentManager:
         if result.warning:
             report.warnings.append((path, result.warning))
             log.warning("ingest %s: %s", path, result.warning)
-        values: dict[str, Any] = {
-            "kind": result.kind,
-            "mime": result.mime,
-            "size": stored.size,
-            "duration": result.duration,
-            "width": result.width,
-            "height": result.height,
-            "video_codec": result.video_codec,
-            "audio_codec": result.audio_codec,
-            "container": result.container,
-            "original_name": name,
-            "warning": result.warning,
-            **metadata_values(metadata or {}),
-        }
-        if result.duration is None and isinstance((metadata or {}).get("duration"), int | float):
-            values["duration"] = float((metadata or {})["duration"])
+        values = _probed_values(result, stored, name, metadata)
         blob = _blob_values(stored, poster=bool(result.poster), external_path=external_path)
         if not await self._store.replace_item_content(old["id"], old_hash, blob, values, source_file):
             return None  # changed meanwhile: recorded as new content instead
@@ -771,23 +779,10 @@ class ContentManager:
             "id": new_item_id(),
             "content_hash": stored.content_hash,
             "title": title or title_from_name(name),
-            "kind": result.kind,
-            "mime": result.mime,
-            "size": stored.size,
-            "duration": result.duration,
-            "width": result.width,
-            "height": result.height,
-            "video_codec": result.video_codec,
-            "audio_codec": result.audio_codec,
-            "container": result.container,
             "visibility": visibility,
             "source": source,
-            "original_name": name,
-            "warning": result.warning,
-            **metadata_values(metadata or {}),
+            **_probed_values(result, stored, name, metadata),
         }
-        if result.duration is None and isinstance((metadata or {}).get("duration"), int | float):
-            item["duration"] = float((metadata or {})["duration"])
         row, created = await self._store.add_item(
             _blob_values(stored, poster=has_poster, external_path=external_path), item, source_file
         )
