@@ -207,8 +207,7 @@ class DownloadsSection:
     )
     allowed_networks: tuple[str, ...] = _setting(
         (),
-        "Addresses or networks downloads may reach even when allow_private is off, e.g. a NAS: "
-        '`["192.168.1.10/32"]`.',
+        'Addresses or networks downloads may reach even when allow_private is off, e.g. a NAS: `["192.168.1.10/32"]`.',
         "list",
     )
     max_filesize: int = _setting(0, "Refuse downloads larger than this (0: no limit).", "size")

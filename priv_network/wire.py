@@ -272,7 +272,7 @@ _ITEM_REQUIRED = (*_ITEM_STR, *_ITEM_INT, *_ITEM_NUM, "has_poster")
 _ITEM_OPT_STR = ("video_codec", "audio_codec", "container", "warning", "source", "description", "show", "source_url")
 _ITEM_OPT_INT = ("width", "height", "year", "season", "episode")
 _ITEM_PARSED = {*_ITEM_REQUIRED, *_ITEM_OPT_STR, *_ITEM_OPT_INT, "duration", "genres", "external_ids"}
-if _ITEM_PARSED != set(_ITEM_FIELDS):  # a new field must be parsed too
+if set(_ITEM_FIELDS) != _ITEM_PARSED:  # a new field must be parsed too
     raise AssertionError(f"ItemInfo.from_json does not set {set(_ITEM_FIELDS) - _ITEM_PARSED}")
 
 
