@@ -17,6 +17,11 @@ moments what was written is handed to the disk in the background, so the
 final fsync is short. Complete pins are also kept in memory, so that
 playing a peer's item (which asks for a local copy on every range request)
 reads no database row.
+
+A pin nobody can serve when it is asked for (its owner and every member
+holding a copy offline) is recorded all the same, in the state ``waiting``
+and without its manifest (``wait``): the manager resumes it like a paused
+pin, and its first ``begin`` stores the manifest and makes room for it.
 """
 
 from __future__ import annotations
@@ -112,6 +117,11 @@ class Pins:
                 return int(row["size"])
             if row is None:
                 row = await self._create(item, manifest)
+            elif not row["manifest"]:  # recorded while nobody could serve it: its bytes start coming now
+                await self._check_room(item)
+                await self._make_room(item.size, item.content_hash)
+                await self._store.update_pin(item.content_hash, {"manifest": manifest, "state": "fetching"})
+                row = {**row, "manifest": manifest, "state": "fetching"}
             writer: PinWriter = await self._run(
                 self._blobs.open_pin, item.content_hash, row["manifest"], int(row["block_size"]), int(row["size"])
             )
@@ -122,13 +132,44 @@ class Pins:
         )
         return writer.verified
 
-    async def _create(self, item: ItemInfo, manifest: bytes) -> dict[str, Any]:
+    async def wait(self, item: ItemInfo, reason: str) -> None:
+        """Record a pin of ``item`` that nobody can serve now (``reason`` says why), without its manifest.
+
+        It shows as waiting until a ``begin`` (when its owner or a holder is
+        back) stores the manifest. A pin already recorded only takes the new
+        reason. An item that could never fit (the budget, the free disk) is
+        refused here, and nothing is recorded.
+        """
+        async with self._opening:
+            row = await self._store.get_pin(item.content_hash)
+            if row is not None:
+                if row["state"] != "complete" and item.content_hash not in self._fetching:
+                    await self._store.update_pin(item.content_hash, {"error": reason[:300]})
+                return
+            await self._check_room(item)
+            await self._store.insert_pin(self._new_row(item, b"", state="waiting", error=reason[:300]))
+
+    async def _check_room(self, item: ItemInfo) -> None:
+        """Refuse an item larger than the pin budget or than the free disk (nothing is evicted)."""
+        if self.budget > 0 and item.size > self.budget:
+            raise InsufficientStorage(
+                f"the item ({item.size} bytes) is larger than the pin budget ({self.budget} bytes)"
+            )
         free = await self._run(self._blobs.free_bytes)
         if item.size > free - self._blobs.min_free:
             raise InsufficientStorage(
                 f"not enough free disk to pin {item.title!r}: it needs {item.size} bytes, {free} are free"
             )
+
+    async def _create(self, item: ItemInfo, manifest: bytes) -> dict[str, Any]:
+        await self._check_room(item)
         await self._make_room(item.size, item.content_hash)
+        row = self._new_row(item, manifest, state="fetching", error=None)
+        await self._store.insert_pin(row)
+        return row
+
+    @staticmethod
+    def _new_row(item: ItemInfo, manifest: bytes, *, state: str, error: str | None) -> dict[str, Any]:
         now = time.time()
         row: dict[str, Any] = {
             "content_hash": item.content_hash,
@@ -141,21 +182,24 @@ class Pins:
             "block_size": item.block_size,
             "manifest": manifest,
             "manifest_hash": item.manifest_hash,
-            "state": "fetching",
+            "state": state,
             "verified_bytes": 0,
+            "error": error,
             "created_at": now,
             "last_watched_at": now,
         }
-        await self._store.insert_pin(row)
         return row
 
     async def _make_room(self, size: int, keep: str) -> None:
+        """Evict complete copies, least recently watched first, until ``size`` more bytes fit the budget.
+
+        ``keep`` is the pin the room is for: if it is already recorded (a
+        waiting pin), its own size is not counted twice.
+        """
         if self.budget <= 0:
             return
         rows = await self._store.list_pins()
-        used = sum(int(r["size"]) for r in rows)
-        if size > self.budget:
-            raise InsufficientStorage(f"the item ({size} bytes) is larger than the pin budget ({self.budget} bytes)")
+        used = sum(int(r["size"]) for r in rows if r["content_hash"] != keep)
         for row in sorted((r for r in rows if r["state"] == "complete"), key=lambda r: r["last_watched_at"]):
             if used + size <= self.budget:
                 break
@@ -165,7 +209,7 @@ class Pins:
             await self.remove(row["content_hash"])
             used -= int(row["size"])
         if used + size > self.budget:
-            raise InsufficientStorage("the pin budget is full of pins that are still being fetched")
+            raise InsufficientStorage("the pin budget is full of pins that are still being fetched or waiting")
 
     async def write_block(self, content_hash: str, index: int, data: BlockData) -> int:
         """Check one block the manager fetched against the manifest and write it. Returns verified bytes.

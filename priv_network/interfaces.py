@@ -152,6 +152,9 @@ class PinStore(Protocol):
 
     async def begin(self, item: ItemInfo, manifest: bytes) -> int: ...
 
+    # A pin nobody can serve now: recorded as waiting, without its manifest (``begin`` stores it later).
+    async def wait(self, item: ItemInfo, reason: str) -> None: ...
+
     # ``data``: the block, or the network chunks it arrived in, in order (not joined).
     async def write_block(self, content_hash: str, index: int, data: bytes | Sequence[bytes | memoryview]) -> int: ...
 

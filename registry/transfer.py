@@ -54,6 +54,7 @@ class Source:
     url: str
     path: str
     online: bool
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,11 @@ class RemoteItem:
     url: str
     online: bool
     holders: tuple[Source, ...] = ()
+    owner_name: str = ""
 
     def sources(self) -> list[Source]:
         """Online nodes first, the owner before holders; offline ones last (they may be back)."""
-        owner = Source(self.item.node, self.url, f"/federation/v1/content/{self.item.id}", self.online)
+        owner = Source(self.item.node, self.url, f"/federation/v1/content/{self.item.id}", self.online, self.owner_name)
         everyone = [owner, *self.holders]
         return [s for s in everyone if s.online] + [s for s in everyone if not s.online]
 
@@ -152,10 +154,11 @@ class Broker:
             url=str(hit.row["source_url"]),
             online=hit.online,
             holders=tuple(
-                Source(h["node_id"], h["url"], f"/federation/v1/blobs/{item.content_hash}", h["online"])
+                Source(h["node_id"], h["url"], f"/federation/v1/blobs/{item.content_hash}", h["online"], h["name"])
                 for h in holders
                 if h["node_id"] not in (self.node_id, item.node)
             ),
+            owner_name=hit.source_name,
         )
         self._items[item_id] = (now, remote)
         self._items.move_to_end(item_id)
@@ -342,6 +345,12 @@ class Pinner:
     next block is read from the network while the last one is checked and
     written. Cut transfers resume from the verified blocks on disk, at the
     next round or after a restart.
+
+    A pin nobody can serve when it is asked for (the owner and every holder
+    offline, so not even the manifest can be had) is recorded all the same,
+    as waiting, with the reason (``PinStore.wait``); like a paused pin it is
+    tried again after each sync round in which its owner or a holder is
+    online, and at start-up, until it completes.
     """
 
     def __init__(self, *, broker: Broker, pins: PinStore, store: RegistryStore, traffic: TrafficMeter) -> None:
@@ -360,14 +369,41 @@ class Pinner:
         own = await self._store.entry_by_item(item_id)
         if own is not None and own.row["node_id"] == self._broker.node_id:
             raise InvalidInput(f"item {item_id} is this node's own: only a peer's item can be pinned")
-        remote = await self._broker.remote_item(item_id)
-        manifest = await self._broker.manifest(remote)
+        remote = await self._broker.remote_item(item_id)  # NotFound (nothing recorded) if this node may not see it
+        key = remote.item.content_hash
+        row = await self._pins.get(key)
+        if row is not None and row["state"] == "complete":
+            return await self.status(key)
+        try:
+            manifest = await self._manifest(remote, row)
+        except (PeerUnreachable, NotFound, InvalidInput) as exc:
+            # Nobody can serve it now: record it, to be tried again after each sync.
+            await self._pins.wait(remote.item, self._unavailable(remote, exc))
+            return await self.status(key)
         done = await self._pins.begin(remote.item, manifest)
         if done < remote.item.size:
             self._start(remote)
-        elif (await self._pins.get(remote.item.content_hash) or {}).get("state") != "complete":
-            await self._pins.finish(remote.item.content_hash)
-        return await self.status(remote.item.content_hash)
+        elif (await self._pins.get(key) or {}).get("state") != "complete":
+            await self._pins.finish(key)
+        return await self.status(key)
+
+    async def _manifest(self, remote: RemoteItem, row: dict[str, Any] | None) -> bytes:
+        """The manifest a pin already holds, else the one its owner or a holder sends."""
+        if row is not None and row["manifest"]:
+            return bytes(row["manifest"])
+        return await self._broker.manifest(remote)
+
+    @staticmethod
+    def _unavailable(remote: RemoteItem, exc: PrivNetworkError) -> str:
+        """Why a pin waits, for ``pins``: who is offline (or what went wrong), and when it is tried again."""
+        if not isinstance(exc, PeerUnreachable):  # a source answered, but not with the manifest
+            return f"no member that has it could send it ({exc.message}); retried on each sync"
+        owner = remote.owner_name or remote.item.node[:12]
+        holders = len(remote.holders)
+        if not holders:
+            return f"{owner} is offline; retried on each sync"
+        copies = "the member holding a copy is" if holders == 1 else f"the {holders} members holding a copy are"
+        return f"{owner} is offline and {copies} too; retried on each sync"
 
     def _start(self, remote: RemoteItem) -> None:
         key = remote.item.content_hash
@@ -379,7 +415,13 @@ class Pinner:
     async def _fetch(self, remote: RemoteItem) -> None:
         item = remote.item
         try:
-            manifest = await self._broker.manifest(remote)
+            try:
+                manifest = await self._manifest(remote, await self._pins.get(item.content_hash))
+            except (PeerUnreachable, NotFound, InvalidInput) as exc:
+                reason = self._unavailable(remote, exc)
+                log.info("pin of %s waits: %s", item.id, reason)
+                await self._pins.fail(item.content_hash, reason)
+                return
             done = await self._pins.begin(item, manifest)
             failure: PrivNetworkError | None = None
             for source in remote.sources() if done < item.size else []:
@@ -488,9 +530,21 @@ class Pinner:
                 continue
             if hit.row["visibility"] != row["visibility"]:
                 await self._pins.set_visibility(row["content_hash"], hit.row["visibility"])
-            if row["state"] != "complete" and hit.online:
+            if row["state"] != "complete":  # paused, or waiting: resume if its owner or a holder is online
                 with contextlib.suppress(PrivNetworkError):
-                    self._start(await self._broker.remote_item(row["item_id"]))
+                    remote = await self._broker.remote_item(row["item_id"])
+                    if any(source.online for source in remote.sources()):
+                        self._start(remote)
+
+
+def pin_state(row: dict[str, Any], *, fetching: bool) -> str:
+    """complete; fetching (a task is under way); waiting (recorded while nobody could serve it,
+    nothing fetched yet); paused (interrupted: it resumes from its verified blocks)."""
+    if row["state"] == "complete":
+        return "complete"
+    if fetching:
+        return "fetching"
+    return "waiting" if row["state"] == "waiting" else "paused"
 
 
 def pin_json(row: dict[str, Any], *, fetching: bool) -> dict[str, Any]:
@@ -504,7 +558,7 @@ def pin_json(row: dict[str, Any], *, fetching: bool) -> dict[str, Any]:
         "size": size,
         "verified_bytes": done,
         "progress": round(done / size, 4) if size else 1.0,
-        "state": "complete" if row["state"] == "complete" else ("fetching" if fetching else "paused"),
+        "state": pin_state(row, fetching=fetching),
         "error": row["error"],
         "last_watched_at": row["last_watched_at"],
     }

@@ -25,6 +25,7 @@ from aiohttp import web
 from node.serving import FileServe
 from priv_network.ranges import ByteRange
 from tests.network.conftest import NetNode, Network, eventually, group, write_file
+from tests.network.test_cli_output import run, run_failing
 
 BS = 64 * 1024
 STORE = {"block_size": BS}
@@ -325,3 +326,166 @@ async def test_pins_follow_the_owners_rules(network: Network, tmp_path: Path) ->
     assert hit["holders"] == []
     [hit] = await b.search("kept")
     assert [h["node"] for h in hit["holders"]] == [c.node_id]
+
+
+async def waiting_pin(node: NetNode, item_id: str) -> dict[str, Any]:
+    """``node`` pins ``item_id`` while nobody can serve it: recorded, waiting, nothing fetched."""
+    reply = await node.call("POST", "/api/v1/pins", json={"id": item_id})
+    assert reply.status == 202, reply
+    assert (reply.data["state"], reply.data["verified_bytes"], reply.data["progress"]) == ("waiting", 0, 0.0)
+    assert reply.data == (await pins(node))[item_id]
+    return dict(reply.data)
+
+
+async def test_a_pin_while_its_owner_is_offline_waits_and_completes_when_it_is_back(
+    network: Network, tmp_path: Path
+) -> None:
+    a = await network.node("alpha", store=STORE)
+    b = await network.node("beta", store=STORE)
+    await group(a, b)
+    source = write_file(tmp_path, "Road Movie.bin", secrets.token_bytes(2 * 1024 * 1024 + 99))
+    item = (await a.add(source))[0]
+    h = item["content_hash"]
+    await b.sync()
+    await a.stop()  # B's registry still has A online: the pin finds out A is down when it asks
+
+    pin = await waiting_pin(b, item["id"])
+    assert (pin["node"], pin["title"], pin["size"], pin["content_hash"]) == (
+        a.node_id,
+        "Road Movie",
+        source.stat().st_size,
+        h,
+    )
+    assert pin["error"] == "alpha is offline; retried on each sync"
+    assert not part_path(b, h).exists() and not blob_path(b, h).exists()
+    # Asking again keeps the one pin, still waiting.
+    await waiting_pin(b, item["id"])
+    assert set(await pins(b)) == {item["id"]}
+
+    # A sync while A is down: A is now known offline, so nothing is tried.
+    assert str((await b.sync())[a.node_id]).startswith("error")
+    assert (await pins(b))[item["id"]]["state"] == "waiting"
+
+    # B restarts meanwhile: the pin is still recorded (and still waits).
+    await b.restart()
+
+    async def waiting() -> bool:
+        pin = (await pins(b))[item["id"]]
+        return bool(pin["state"] == "waiting" and pin["error"])
+
+    await eventually(waiting, what="B's pin to wait again after B's restart")
+
+    # A is back: B's next sync round resumes the pin, which completes verified.
+    await a.start()
+    assert (await b.sync())[a.node_id] == 0
+
+    async def complete() -> bool:
+        return bool((await pins(b))[item["id"]]["state"] == "complete")
+
+    await eventually(complete, what="B's waiting pin to complete once A is back")
+    pin = (await pins(b))[item["id"]]
+    assert (pin["verified_bytes"], pin["progress"], pin["error"]) == (source.stat().st_size, 1.0, None)
+    assert sha256(blob_path(b, h)) == sha256(source)
+    assert not part_path(b, h).exists()
+    assert (await traffic(b, f"peer:{a.node_id}"))["received"] == source.stat().st_size
+    # Now that the copy is complete, A learns that B holds it.
+    await a.sync()
+    [hit] = await a.search("road movie")
+    assert [holder["node"] for holder in hit["holders"]] == [b.node_id]
+
+
+async def test_a_waiting_pin_is_served_by_a_holder_while_the_owner_stays_offline(
+    network: Network, tmp_path: Path
+) -> None:
+    a = await network.node("alpha", store=STORE)
+    b = await network.node("beta", store=STORE)
+    c = await network.node("gamma", store=STORE)
+    await group(a, b, c)
+    source = write_file(tmp_path, "Lecture.bin", secrets.token_bytes(1024 * 1024 + 5))
+    item = (await a.add(source))[0]
+    h = item["content_hash"]
+    await c.sync()
+    await pin_complete(c, item["id"])
+    await b.sync()  # B learns that C holds a copy
+    await a.stop()
+    await c.stop()
+
+    pin = await waiting_pin(b, item["id"])
+    assert pin["error"] == "alpha is offline and the member holding a copy is too; retried on each sync"
+    assert str((await b.sync())[a.node_id]).startswith("error")
+    assert (await pins(b))[item["id"]]["state"] == "waiting"
+
+    # C comes back, A does not: B's next sync round fetches the pin from C.
+    await c.start()
+    changed = await b.sync()
+    assert str(changed[a.node_id]).startswith("error") and changed[c.node_id] == 0, changed
+
+    async def complete() -> bool:
+        return bool((await pins(b))[item["id"]]["state"] == "complete")
+
+    await eventually(complete, what="B's waiting pin to complete from C")
+    assert sha256(blob_path(b, h)) == sha256(source)
+    assert (await traffic(b, f"peer:{c.node_id}"))["received"] == source.stat().st_size
+
+
+async def test_the_pin_command_queues_a_pin_nobody_can_serve(network: Network, tmp_path: Path) -> None:
+    a = await network.node("alpha", store=STORE)
+    b = await network.node("beta", store=STORE)
+    await group(a, b)
+    item = (await a.add(write_file(tmp_path, "Radio Play.bin", secrets.token_bytes(300_000))))[0]
+    await b.sync()
+    await a.stop()
+
+    # Without --wait: queued, exit 0.
+    code, text = await run(b, "pin", item["id"])
+    assert code == 0
+    assert text == f"{item['id']}  waiting  0%  Radio Play\nqueued: alpha is offline; retried on each sync\n"
+    # With --wait: it does not wait for A; one line says the pin is kept, and the command fails (exit 1).
+    error, text = await run_failing(b, "pin", item["id"], "--wait")
+    assert text == f"{item['id']}  waiting  0%  Radio Play\n"
+    assert error.code == "pin_waiting"
+    assert error.message == (
+        "pin recorded but not started: alpha is offline; retried on each sync"
+        " (it continues when the owner or a member holding a copy is back)"
+    )
+    code, text = await run(b, "pins")
+    header, row = text.splitlines()
+    assert header.split() == ["ID", "STATE", "PROGRESS", "SIZE", "TITLE", "NOTE"]
+    assert row.split("  ")[0] == item["id"] and "  waiting  " in row
+    assert row.endswith("alpha is offline; retried on each sync")
+
+    # A is back: --wait now follows the fetch to the end.
+    await a.start()
+    await b.sync()
+    code, text = await run(b, "pin", item["id"], "--wait")
+    assert (code, text) == (0, f"{item['id']}  complete  100%  Radio Play\n")
+    code, text = await run(b, "pins")
+    assert text.splitlines()[1].rstrip().endswith("Radio Play")
+
+
+async def test_only_an_item_this_node_may_see_is_queued_and_a_queued_pin_can_be_dropped(
+    network: Network, tmp_path: Path
+) -> None:
+    a = await network.node("alpha", store=STORE)
+    b = await network.node("beta", store={**STORE, "pin_budget": 1024 * 1024})
+    await group(a, b)
+    private = (await a.add(write_file(tmp_path, "Diary.txt"), visibility="private"))[0]
+    shared = (await a.add(write_file(tmp_path, "Shared.txt")))[0]
+    huge = (await a.add(write_file(tmp_path, "Huge.bin", secrets.token_bytes(1024 * 1024 + 1))))[0]
+    await b.sync()
+    await a.stop()
+    # Unknown to B, or not B's to see: the same 404 as ever, nothing recorded.
+    for item_id in (private["id"], "b" * 26):
+        reply = await b.call("POST", "/api/v1/pins", json={"id": item_id})
+        assert (reply.status, reply.data["error"]["code"]) == (404, "not_found"), reply
+        assert f"no item {item_id}" in reply.message
+    # Larger than B's whole pin budget: refused at once, owner online or not.
+    reply = await b.call("POST", "/api/v1/pins", json={"id": huge["id"]})
+    assert (reply.status, reply.data["error"]["code"]) == (507, "insufficient_storage"), reply
+    assert await pins(b) == {}
+
+    # A queued pin is dropped like any other.
+    await waiting_pin(b, shared["id"])
+    assert (await b.api("DELETE", f"/api/v1/pins/{shared['id']}")) == {"unpinned": shared["id"]}
+    assert await pins(b) == {}
+    assert not part_path(b, shared["content_hash"]).exists()
