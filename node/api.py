@@ -191,7 +191,6 @@ class ItemsApi:
             web.get("/api/v1/items/{id}/content", self.content),
             web.get("/api/v1/items/{id}/poster", self.poster),
             web.get("/api/v1/status", self.status),
-            web.post("/api/v1/tokens", self.create_token),
         ]
 
     async def list_items(self, request: web.Request) -> web.Response:
@@ -290,18 +289,6 @@ class ItemsApi:
         status = status_json(await self.cma.status())
         status["traffic"] = await self.traffic.totals()
         return web.json_response(status)
-
-    async def create_token(self, request: web.Request) -> web.Response:
-        require_admin(request)
-        body = await json_body(request)
-        name = body.get("name", "api")
-        admin = body.get("admin", False)
-        if not isinstance(name, str) or not name.strip() or len(name) > 100:
-            raise InvalidInput("name must be a short non-empty string")
-        if not isinstance(admin, bool):
-            raise InvalidInput("admin must be true or false")
-        token = await self.cma.create_token(name.strip(), admin=admin)
-        return web.json_response({"token": token, "name": name.strip(), "admin": admin}, status=201)
 
 
 class FederationApi:
@@ -586,13 +573,54 @@ class BackupApi:
 
 
 class UsersApi:
-    """Web app users (the CLI's `user add`)."""
+    """Web app users (the CLI's `user add`) and API tokens (`token create|list|revoke`)."""
 
     def __init__(self, users: Users) -> None:
         self.users = users
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        return [web.post("/api/v1/users", self.create), web.get("/api/v1/users", self.list_users)]
+        return [
+            web.post("/api/v1/users", self.create),
+            web.get("/api/v1/users", self.list_users),
+            web.post("/api/v1/tokens", self.create_token),
+            web.get("/api/v1/tokens", self.list_tokens),
+            web.delete("/api/v1/tokens/{id}", self.revoke_token),
+        ]
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        """``{"user": NAME}``: a token acting as that existing user, with its rights (``admin`` may only
+        confirm them). Without ``user``: a token for principal ``name`` (a label, default "api") with
+        the rights ``admin`` says."""
+        require_admin(request)
+        body = await json_body(request)
+        admin = body.get("admin", False)
+        if not isinstance(admin, bool):
+            raise InvalidInput("admin must be true or false")
+        if "user" in body:
+            user = body["user"]
+            if "name" in body:
+                raise InvalidInput("give user (an existing user the token acts as) or name (a label), not both")
+            if not isinstance(user, str):
+                raise InvalidInput("user must be a user name")
+            return web.json_response(await self.users.create_token(user, admin=admin), status=201)
+        name = body.get("name", "api")
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise InvalidInput("name must be a short non-empty string")
+        return web.json_response(await self.users.create_label_token(name.strip(), admin=admin), status=201)
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        caller = require_admin(request)
+        tokens = await self.users.list_tokens()
+        for t in tokens:
+            t["current"] = t["id"] == caller.token_id
+        return web.json_response({"tokens": tokens})
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        caller = require_admin(request)
+        token_id = request.match_info["id"]
+        revoked = await self.users.revoke_token(token_id)
+        revoked["current"] = token_id == caller.token_id
+        return web.json_response(revoked)
 
     async def create(self, request: web.Request) -> web.Response:
         require_admin(request)

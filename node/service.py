@@ -21,7 +21,7 @@ from node.blobs import BlobStore, StoredBlob, StreamHasher
 from node.probe import ProbeResult, probe
 from node.store import CmaStore
 from priv_network import __version__
-from priv_network.errors import InvalidInput, NotFound, PrivNetworkError
+from priv_network.errors import Conflict, InvalidInput, NotFound, PrivNetworkError
 from priv_network.identity import normalize_node_id
 from priv_network.interfaces import (
     ChangeListener,
@@ -175,6 +175,9 @@ class ContentManager:
         self._rows: dict[str, dict[str, Any]] = {}
         self._generation = 0
         self._tokens: dict[str, tuple[Principal, float]] = {}
+        # Bumped by every revocation: a lookup that read a token before it was revoked is not cached.
+        self._token_generation = 0
+        self._revoke_lock = asyncio.Lock()
         self._protected_paths: _Protected | None = None
 
     def add_listener(self, listener: ChangeListener) -> None:
@@ -791,11 +794,18 @@ class ContentManager:
 
     # -- API tokens ---------------------------------------------------------
     async def create_token(self, name: str, *, admin: bool, kind: str = "api", ttl: float | None = None) -> str:
+        return (await self.create_token_with_id(name, admin=admin, kind=kind, ttl=ttl))[1]
+
+    async def create_token_with_id(
+        self, name: str, *, admin: bool, kind: str = "api", ttl: float | None = None
+    ) -> tuple[str, str]:
+        """A new token for principal ``name``: (its ID, which lists and revokes it; the secret)."""
         token = "pn_" + secrets.token_urlsafe(32)
+        token_id = secrets.token_hex(8)
         now = time.time()
         await self._store.insert_token(
             {
-                "id": secrets.token_hex(8),
+                "id": token_id,
                 "token_hash": _token_hash(token),
                 "name": name,
                 "kind": kind,
@@ -804,7 +814,7 @@ class ContentManager:
                 "expires_at": now + ttl if ttl else None,
             }
         )
-        return token
+        return token_id, token
 
     async def authenticate(self, token: str) -> Principal | None:
         """The token's principal; a verified token is remembered for a few seconds (every request asks)."""
@@ -815,6 +825,7 @@ class ContentManager:
         cached = self._tokens.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
+        generation = self._token_generation
         row = await self._store.token_by_hash(key)
         if row is None:
             return None
@@ -823,17 +834,63 @@ class ContentManager:
         if row["last_used_at"] is None or now - row["last_used_at"] > 60:
             await self._store.touch_token(row["id"], now)
         principal = Principal(name=row["name"], admin=bool(row["admin"]), token_id=row["id"])
+        if generation != self._token_generation:  # revoked meanwhile, perhaps: ask again next time
+            return principal
         if len(self._tokens) >= TOKEN_CACHE:
             self._tokens.clear()
         self._tokens[key] = (principal, min(now + TOKEN_CACHE_SECONDS, row["expires_at"] or now + 3600))
         return principal
 
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token that still works: the CLI's own (kind "admin"), API tokens ("api") and web
+        logins ("session"); never the secret nor its hash."""
+        return [
+            {
+                "id": r["id"],
+                "user": r["name"],
+                "kind": r["kind"],
+                "admin": bool(r["admin"]),
+                "created_at": r["created_at"],
+                "last_used_at": r["last_used_at"],
+                "expires_at": r["expires_at"],
+            }
+            for r in await self._store.list_tokens(time.time())
+        ]
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Delete a token: every request that sends it is refused from now on.
+
+        The last working owner API token is kept (the CLI would be locked out with no way
+        back): create another first.
+        """
+        row: dict[str, Any] | None = None
+        deleted = False
+        async with self._revoke_lock:
+            if len(token_id) <= 32:  # the column's width: a longer one is no token's ID
+                row, deleted = await self._store.revoke_token(token_id, time.time())
+            if deleted:
+                self._token_generation += 1
+                for key, (principal, _) in list(self._tokens.items()):
+                    if principal.token_id == token_id:
+                        del self._tokens[key]
+        if row is None:
+            raise NotFound(f"no token {token_id[:40]!r}; `priv-network token list` shows the IDs of the tokens")
+        if not deleted:
+            raise Conflict(
+                f"token {token_id} is this node's last owner (admin) API token: revoking it would lock the CLI out "
+                "for good; create another first (`priv-network token create --admin`; put it in the data folder's "
+                f"admin.token if {token_id} is the CLI's own), then revoke {token_id}"
+            )
+        log.info("revoked %s token %s of %s", row["kind"], token_id, row["name"])
+        return {"id": token_id, "user": row["name"], "kind": row["kind"], "admin": bool(row["admin"])}
+
     async def create_session(self, principal: Principal) -> str:
         return await self.create_token(principal.name, admin=principal.admin, kind="session", ttl=SESSION_TTL)
 
     async def end_session(self, token: str) -> None:
-        self._tokens.pop(_token_hash(token), None)
         await self._store.delete_token_by_hash(_token_hash(token))
+        self._token_generation += 1
+        self._tokens.pop(_token_hash(token), None)
 
 
 def _check_title(title: str) -> str:
@@ -875,6 +932,8 @@ SKIPPED_SUFFIXES = (".part", ".crdownload", ".partial", ".tmp", ".!qb", ".ytdl")
 def _skipped_in_walk(name: str) -> bool:
     lowered = name.lower()
     return lowered in SKIPPED_FILES or lowered.endswith(SKIPPED_SUFFIXES)
+
+
 _DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 

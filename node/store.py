@@ -325,6 +325,36 @@ class CmaStore:
         async with self.engine.begin() as conn:
             await conn.execute(sa.delete(api_tokens).where(api_tokens.c.token_hash == token_hash))
 
+    async def list_tokens(self, now: float) -> list[dict[str, Any]]:
+        """Every token that still works (never its hash), oldest first."""
+        columns = [c for c in api_tokens.c if c.name != "token_hash"]
+        live = sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at >= now)
+        query = sa.select(*columns).where(live).order_by(api_tokens.c.created_at, api_tokens.c.id)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def revoke_token(self, token_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
+        """Delete a token unless it is the last working owner API token (a session does not count).
+
+        Returns (its row or None, whether it was deleted). The caller serializes revocations,
+        so two of them cannot each leave the other as the last owner token and remove both.
+        """
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(api_tokens).where(api_tokens.c.id == token_id))).mappings().first()
+            if row is None:
+                return None, False
+            if row["admin"] and row["kind"] != "session":
+                other_owner_token = sa.select(api_tokens.c.id).where(
+                    api_tokens.c.id != token_id,
+                    api_tokens.c.admin == sa.true(),
+                    api_tokens.c.kind != "session",
+                    sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at >= now),
+                )
+                if (await conn.execute(other_owner_token.limit(1))).first() is None:
+                    return dict(row), False
+            await conn.execute(sa.delete(api_tokens).where(api_tokens.c.id == token_id))
+            return dict(row), True
+
     # -- the group network --------------------------------------------------
     async def list_members(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

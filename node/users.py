@@ -125,6 +125,35 @@ class Users:
         await self._store.update_user(name, {"prefs": json.dumps(prefs)})
         return prefs
 
+    async def create_token(self, name: str, *, admin: bool = False) -> dict[str, Any]:
+        """An API token that acts as user ``name``, with that user's rights (and no more).
+
+        ``admin`` may only confirm the user's rights: asking owner rights for a user who is
+        not an owner is refused rather than quietly granted or dropped.
+        """
+        row = await self._store.get_user(check_user_name(name))
+        if row is None:
+            raise NotFound(f"no user named {name!r}; create it first: `priv-network user add {name} --password-stdin`")
+        owner = bool(row["admin"])
+        if admin and not owner:
+            raise InvalidInput(
+                f"{name} is not an owner (admin), so a token acting as {name} cannot have owner rights; "
+                "leave out --admin"
+            )
+        token_id, token = await self._cma.create_token_with_id(name, admin=owner)
+        return {"id": token_id, "token": token, "name": name, "user": name, "admin": owner}
+
+    async def create_label_token(self, label: str, *, admin: bool) -> dict[str, Any]:
+        """A token for principal ``label``, which need not be a user (scripts, tests, older clients)."""
+        token_id, token = await self._cma.create_token_with_id(label, admin=admin)
+        return {"id": token_id, "token": token, "name": label, "user": label, "admin": admin}
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        return await self._cma.list_tokens()
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return await self._cma.revoke_token(token_id)
+
     async def history(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         return await self._store.login_history_for(name, limit)
 

@@ -369,14 +369,26 @@ async def cmd_peers(client: AdminClient, args: argparse.Namespace, out: IO[str])
 
 
 async def cmd_pin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """Pin a peer's item. One nobody can serve now is recorded all the same (state ``waiting``).
+
+    ``--wait`` follows a fetch under way until it ends, but does not wait for
+    an owner to come back: a pin that is waiting or paused is an error (exit
+    1), after the line saying where it stands.
+    """
     pin = await client.post("/api/v1/pins", {"id": args.id})
     while args.wait and pin["state"] == "fetching":
         await asyncio.sleep(0.5)
         pin = next((p for p in (await client.get("/api/v1/pins"))["pins"] if p["id"] == args.id), pin)
     out.write(f"{pin['id']}  {pin['state']}  {pin['progress']:.0%}  {pin['title']}\n")
-    if args.wait and pin["state"] != "complete":
+    back = "it continues when the owner or a member holding a copy is back"
+    if pin["state"] == "waiting":
+        if args.wait:
+            out.flush()
+            raise PrivNetworkError(f"pin recorded but not started: {pin['error']} ({back})", code="pin_waiting")
+        out.write(f"queued: {pin['error']}\n")
+    elif args.wait and pin["state"] != "complete":
         out.flush()
-        raise PrivNetworkError(f"pin paused: {pin['error']}", code="pin_paused")
+        raise PrivNetworkError(f"pin paused: {pin['error']} ({back})", code="pin_paused")
     return EXIT_OK
 
 
@@ -394,8 +406,18 @@ async def cmd_pins(client: AdminClient, args: argparse.Namespace, out: IO[str]) 
     if not pins:
         out.write("nothing pinned\n")
         return EXIT_OK
-    rows = [["ID", "STATE", "PROGRESS", "SIZE", "TITLE"]]
-    rows += [[p["id"], p["state"], f"{p['progress']:.0%}", _human_size(p["size"]), p["title"]] for p in pins]
+    rows = [["ID", "STATE", "PROGRESS", "SIZE", "TITLE", "NOTE"]]
+    rows += [
+        [
+            p["id"],
+            p["state"],
+            f"{p['progress']:.0%}",
+            _human_size(p["size"]),
+            p["title"],
+            (p["error"] or "") if p["state"] in ("waiting", "paused") else "",
+        ]
+        for p in pins
+    ]
     _table(rows, out)
     return EXIT_OK
 
@@ -536,8 +558,65 @@ async def cmd_keys_rotate(client: AdminClient, args: argparse.Namespace, out: IO
 
 
 async def cmd_token_create(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
-    result = await client.post("/api/v1/tokens", {"name": args.user or "api", "admin": args.admin})
+    """Print a new token (only the token, for scripts); its ID, for `token revoke`, goes to stderr."""
+    if args.user is not None:
+        body: dict[str, Any] = {"user": args.user, "admin": args.admin}  # the node refuses an unknown user
+    else:
+        body = {"name": "api", "admin": args.admin}
+    result = await client.post("/api/v1/tokens", body)
     out.write(result["token"] + "\n")
+    out.flush()
+    rights = "owner (admin) rights" if result["admin"] else "user rights"
+    acts_as = f"acts as user {result['user']}" if args.user is not None else "is tied to no user"
+    sys.stderr.write(
+        f"note: token {result['id']} {acts_as}, with {rights}; `priv-network token revoke {result['id']}` ends it\n"
+    )
+    return EXIT_OK
+
+
+async def cmd_token_list(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    tokens = (await client.get("/api/v1/tokens"))["tokens"]
+    if args.json:
+        out.write(json.dumps(tokens, indent=2) + "\n")
+        return EXIT_OK
+    if not tokens:
+        out.write("no tokens\n")
+        return EXIT_OK
+    rows = [["ID", "USER", "KIND", "RIGHTS", "CREATED", "LAST USED", "EXPIRES", ""]]
+    for t in tokens:
+        rows.append(
+            [
+                t["id"],
+                t["user"],
+                t["kind"],
+                "owner" if t["admin"] else "user",
+                _ago(t["created_at"]),
+                _ago(t["last_used_at"]),
+                _ago(t["expires_at"]),
+                "(this client)" if t.get("current") else "",
+            ]
+        )
+    _table(rows, out)
+    return EXIT_OK
+
+
+async def cmd_token_revoke(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    token_id = args.id.strip()
+    if token_id.startswith("pn_"):
+        raise UsageError(
+            "priv-network token revoke: give the token's ID (`priv-network token list` shows them), "
+            "not the token itself"
+        )
+    if not token_id:
+        raise UsageError("priv-network token revoke: needs a token ID (see `priv-network token list`)")
+    result = await client.delete(f"/api/v1/tokens/{quote(token_id, safe='')}")
+    out.write(f"revoked token {result['id']} ({result['user']}, {result['kind']}); it no longer works\n")
+    if result.get("current"):
+        out.flush()
+        sys.stderr.write(
+            "note: that was this client's own token: put another owner token in the data folder's admin.token "
+            "(or `repl --token`) to go on\n"
+        )
     return EXIT_OK
 
 
@@ -639,7 +718,12 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("pin", help="mirror a peer's item into this node's store, for watching offline")
     p.add_argument("id", metavar="ID")
-    p.add_argument("--wait", action="store_true", help="wait until the copy is complete and verified")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the copy is complete and verified; exit 1 if it cannot go on now "
+        "(the pin stays recorded and continues when the owner or a member holding a copy is back)",
+    )
     p.set_defaults(remote=cmd_pin)
 
     p = sub.add_parser("unpin", help="drop a pinned copy")
@@ -724,10 +808,20 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", parser_class=Parser, required=True)
-    tp = tsub.add_parser("create", help="create an API token and print it")
-    tp.add_argument("--user", metavar="NAME", help="who the token is for (a label)")
-    tp.add_argument("--admin", action="store_true", help="give the token owner rights")
+    tp = tsub.add_parser("create", help="create an API token and print it (its ID goes to stderr)")
+    tp.add_argument(
+        "--user", metavar="NAME", help="an existing user (`user add`) the token acts as, with that user's rights"
+    )
+    tp.add_argument(
+        "--admin", action="store_true", help="give the token owner rights (with --user: only if the user is an owner)"
+    )
     tp.set_defaults(remote=cmd_token_create)
+    tp = tsub.add_parser("list", help="the tokens that work now (IDs, never the tokens themselves)")
+    tp.add_argument("--json", action="store_true")
+    tp.set_defaults(remote=cmd_token_list)
+    tp = tsub.add_parser("revoke", help="end a token at once: every request with it is refused")
+    tp.add_argument("id", metavar="ID", help="the token's ID, from `token list`")
+    tp.set_defaults(remote=cmd_token_revoke)
     return parser
 
 

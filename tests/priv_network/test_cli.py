@@ -501,3 +501,50 @@ def test_repl_with_piped_input_runs_lines_plainly(cli: Cli, initialized: str, po
     assert "only from the shell" in errors[2]
 
     assert cli.run("repl", input="status\n").returncode == 0
+
+
+# -- API tokens -------------------------------------------------------------------------
+
+
+def api_status(port: int, path: str, token: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with _LOCAL.open(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_tokens_act_as_their_user_and_can_be_listed_and_revoked(
+    cli: Cli, initialized: str, port: int, servers: Servers
+) -> None:
+    servers.start(port)
+    before = ok(cli.run("token", "list", "--json"))
+
+    unknown = cli.run("token", "create", "--user", "nobody")
+    line = one_line_error(unknown, 1)
+    assert unknown.stdout == "" and "no user named 'nobody'" in line
+    assert ok(cli.run("token", "list", "--json")) == before  # nothing recorded
+
+    ok(cli.run("user", "add", "bob", "--password-stdin", input="bobs password\n"))
+    created = cli.run("token", "create", "--user", "bob")
+    token = ok(created).strip()
+    assert token.startswith("pn_") and "\n" not in token
+    assert len(created.stderr.splitlines()) == 1 and "acts as user bob" in created.stderr
+    assert api_status(port, "/api/v1/status", token) == 200
+    assert api_status(port, "/api/v1/tokens", token) == 403  # bob is no owner
+
+    listed = json.loads(ok(cli.run("token", "list", "--json")))
+    (bob,) = [t for t in listed if t["user"] == "bob"]
+    (own,) = [t for t in listed if t["current"]]
+    assert (bob["kind"], bob["admin"], own["kind"]) == ("api", False, "admin")
+    table = ok(cli.run("token", "list"))
+    assert bob["id"] in table and "(this client)" in table and token not in table
+
+    assert f"revoked token {bob['id']}" in ok(cli.run("token", "revoke", bob["id"]))
+    assert api_status(port, "/api/v1/status", token) == 401
+    assert "no token" in one_line_error(cli.run("token", "revoke", bob["id"]), 1)
+    assert "ID" in one_line_error(cli.run("token", "revoke", token), 2)
+    # The CLI's own token, the only owner token: kept, and the CLI goes on working.
+    assert "last owner" in one_line_error(cli.run("token", "revoke", own["id"]), 1)
+    assert initialized in ok(cli.run("status"))
