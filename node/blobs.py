@@ -384,6 +384,7 @@ class PinWriter:
             os.close(self._fd)
             raise
         self._sync_error: OSError | None = None
+        self._flushed = self.verified  # writeback started up to here
 
     def _expected(self, index: int) -> bytes:
         return self._manifest[index * HASH_LEN : (index + 1) * HASH_LEN]
@@ -426,6 +427,11 @@ class PinWriter:
             for part in parts:
                 self._whole.update(part)
             self.verified = offset + sum(memoryview(p).nbytes for p in parts)
+            if self.verified - self._flushed >= WRITEBACK_WINDOW:
+                # As ingest does: the disk starts on these pages now, so a pin does not pile up
+                # dirty pages until the kernel throttles its writes (or its final fsync waits).
+                start_writeback(self._fd, self._flushed, self.verified - self._flushed)
+                self._flushed = self.verified
             return True
 
     def sync(self) -> None:
