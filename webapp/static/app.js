@@ -118,7 +118,11 @@ function initItem() {
   for (const button of document.querySelectorAll("[data-action]")) {
     button.addEventListener("click", async () => {
       try {
-        if (button.dataset.action === "pin") { await api("POST", "/api/v1/pins", { id }); say("action-result", "Pinning started."); }
+        if (button.dataset.action === "pin") {
+          const pin = await api("POST", "/api/v1/pins", { id });
+          const state = pin ? pin.state : "";
+          say("action-result", state === "waiting" ? `Queued: ${pin.error}` : state === "complete" ? "Pinned." : "Pinning started.");
+        }
         if (button.dataset.action === "unpin") { await api("DELETE", `/api/v1/pins/${id}`); say("action-result", "Unpinned."); }
         if (button.dataset.action === "share") {
           const share = await api("POST", "/api/v1/shares", { id, ttl: "24h" });
