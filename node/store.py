@@ -233,14 +233,18 @@ class CmaStore:
         return True
 
     async def stats(self) -> tuple[int, int]:
+        """(items, bytes in the content store): this node's own blobs (not files a Plex import
+        references in place) and its pinned copies, complete or as far as they are verified."""
+        own = sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).where(blobs.c.external_path.is_(None))
+        pinned = sa.select(
+            sa.func.coalesce(
+                sa.func.sum(sa.case((pins.c.state == "complete", pins.c.size), else_=pins.c.verified_bytes)), 0
+            )
+        ).where(pins.c.content_hash.not_in(sa.select(blobs.c.hash)))
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).select_from(blobs)
-                )
-            ).one()
+            size = int((await conn.execute(own)).scalar_one()) + int((await conn.execute(pinned)).scalar_one())
             count = (await conn.execute(sa.select(sa.func.count()).select_from(items))).scalar_one()
-        return int(count), int(row[1])
+        return int(count), size
 
     async def get_manifest(self, content_hash: str) -> bytes | None:
         async with self.engine.connect() as conn:

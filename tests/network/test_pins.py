@@ -115,8 +115,11 @@ async def test_pin_completes_verified_and_unpin_removes_it(network: Network, tmp
     source = write_file(tmp_path, "Concert.bin", secrets.token_bytes(2 * 1024 * 1024 + 4321))
     item = (await a.add(source))[0]
     await c.sync()
+    stored_before = (await c.api("GET", "/api/v1/status"))["store_bytes"]
 
     pin = await pin_complete(c, item["id"])
+    # The pinned copy is in C's store, and `status` counts it.
+    assert (await c.api("GET", "/api/v1/status"))["store_bytes"] == stored_before + source.stat().st_size
     assert (pin["node"], pin["title"], pin["size"], pin["content_hash"]) == (
         a.node_id,
         "Concert",
@@ -141,6 +144,7 @@ async def test_pin_completes_verified_and_unpin_removes_it(network: Network, tmp
     assert (await c.api("DELETE", f"/api/v1/pins/{item['id']}")) == {"unpinned": item["id"]}
     assert not copy.exists()
     assert await pins(c) == {}
+    assert (await c.api("GET", "/api/v1/status"))["store_bytes"] == stored_before
     reply = await c.call("DELETE", f"/api/v1/pins/{item['id']}")
     assert reply.status == 404
     assert "not pinned" in reply.message
