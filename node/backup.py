@@ -1,9 +1,8 @@
 """Backups of a node: identity, config, database and (optionally) the store, in one archive.
 
 The archive is a tar file, gzip-compressed as its name says (``.tar.gz``,
-``.tgz``; ``.tar`` is not; any other name is compressed unless the store is
-included, whose media is already compressed; with the store gzip runs at its
-fastest level) with ``manifest.json`` listing every
+``.tgz``; ``.tar`` is not; no other name is taken; with the store, whose
+media is already compressed, gzip runs at its fastest level) with ``manifest.json`` listing every
 member's sha256, so a corrupted archive is refused before anything is
 restored. On SQLite the database is copied with SQLite's online backup API,
 which gives a consistent snapshot while the node keeps running. On
@@ -56,6 +55,8 @@ def backup(config: Config, node_id: str, dest: Path, *, with_store: bool) -> dic
 
 def _backup(config: Config, node_id: str, dest: Path, *, with_store: bool) -> dict[str, Any]:
     dest = dest.expanduser().absolute()
+    if not dest.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise InvalidInput(f"{dest.name}: a backup is a tar file; name it .tar.gz or .tgz (compressed) or .tar")
     if dest.exists():
         raise Conflict(f"{dest} already exists; choose a new file name")
     if not dest.parent.is_dir():
@@ -120,14 +121,12 @@ def _backup(config: Config, node_id: str, dest: Path, *, with_store: bool) -> di
     return {"path": str(dest), "files": len(members), "bytes": dest.stat().st_size, "notes": notes}
 
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
 def _compressed(dest: Path, with_store: bool) -> bool:
-    """gzip, as the file name says (.tar.gz, .tgz: yes; .tar: no); else only without the store."""
-    name = dest.name.lower()
-    if name.endswith((".gz", ".tgz")):
-        return True
-    if name.endswith(".tar"):
-        return False
-    return not with_store
+    """gzip, as the file name says: .tar.gz and .tgz yes, .tar no."""
+    return dest.name.lower().endswith((".gz", ".tgz"))
 
 
 def restore(archive: Path, target: Path) -> dict[str, Any]:
@@ -152,6 +151,8 @@ def restore(archive: Path, target: Path) -> dict[str, Any]:
                     if not member.isfile() or member.name.startswith(("/", "..")) or "/../" in member.name:
                         raise InvalidInput(f"the archive has an unsafe entry {member.name!r}; refused")
                 tar.extractall(staging, filter="data")
+        except tarfile.ReadError:
+            raise InvalidInput(f"{archive.name} is not a backup archive (a .tar or .tar.gz file)") from None
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             raise InvalidInput(f"the archive is corrupted or unreadable: {exc}") from None
         try:
@@ -169,10 +170,10 @@ def restore(archive: Path, target: Path) -> dict[str, Any]:
             if not path.is_file() or _sha256(path) != digest:
                 raise InvalidInput(f"{name} in the archive does not match its checksum; nothing was restored")
         (staging / "manifest.json").unlink()
-        for path in staging.rglob("*"):
-            os.chmod(path, 0o700 if path.is_dir() else 0o600)
         # Peers' cursors may be ahead of this (older) database: a new feed ID makes them re-read it.
         (staging / NEW_FEED_MARKER).write_text("restored\n")
+        for path in staging.rglob("*"):
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
         identity = NodeIdentity.load(staging / "node.key")
         if identity.node_id != manifest.get("node_id"):
             raise InvalidInput("the archive's key does not match its node ID; refused")

@@ -652,7 +652,7 @@ def build_parser() -> Parser:
     p.set_defaults(local="repl")
 
     p = sub.add_parser("backup", help="write an archive of identity, config, database (and --store)")
-    p.add_argument("path", metavar="PATH", help="the archive file to create")
+    p.add_argument("path", metavar="PATH", help="the archive to create: NAME.tar.gz or NAME.tgz (gzip), or NAME.tar")
     p.add_argument("--store", action="store_true", help="include the media store (large)")
     p.set_defaults(local="backup")
 

@@ -89,7 +89,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 def check_public_url(value: str) -> str:
     """Check a public URL: http(s)://HOST[:PORT][/PATH], nothing else. Returns it unchanged."""
     shown = value if len(value) <= 100 else value[:100] + "..."
-    usage = f"public URL must look like https://HOST[:PORT][/PATH], got {shown!r}"
+    usage = f"public URL must look like http(s)://HOST[:PORT][/PATH], got {shown!r}"
     if not value or value != value.strip() or any(c.isspace() or not c.isprintable() for c in value):
         raise ConfigError(usage)
     try:

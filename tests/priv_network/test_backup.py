@@ -48,6 +48,10 @@ def test_backup_wipe_restore_keeps_identity_and_items(cli: Cli, media_dir: Path,
         assert again.returncode == 1 and "already exists" in again.stderr
         unwritable = cli.run("backup", "/proc/nope/alice.tar.gz")
         assert unwritable.returncode == 1 and len(unwritable.stderr.strip().splitlines()) == 1
+        # The name says the format: a name that says another one is refused, nothing written.
+        zipped = cli.run("backup", str(tmp_path / "alice.zip"))
+        assert zipped.returncode == 1 and "name it .tar.gz" in zipped.stderr
+        assert not (tmp_path / "alice.zip").exists()
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
@@ -67,6 +71,8 @@ def test_backup_wipe_restore_keeps_identity_and_items(cli: Cli, media_dir: Path,
     assert restored.returncode == 0, restored.stderr
     assert restored.stdout.strip() == node_id
     assert (cli.data / "node.key").stat().st_mode & 0o777 == 0o600
+    for path in cli.data.rglob("*"):  # everything restored is the owner's only
+        assert path.stat().st_mode & 0o077 == 0, path
     server = cli.popen("serve")
     try:
         wait_healthy(port)
@@ -86,7 +92,8 @@ def test_corrupted_archive_is_refused_before_anything_is_written(cli: Cli, tmp_p
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(os.urandom(2048))
     result = cli.run("restore", str(bad))
-    assert result.returncode == 1 and "corrupted" in result.stderr
+    assert result.returncode == 1 and "bad.tar.gz is not a backup archive" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not cli.data.exists()
 
     # a well-formed archive whose member does not match its checksum

@@ -168,7 +168,7 @@ def test_init_prints_only_the_node_id_and_creates_private_files(cli: Cli, port: 
     ("args", "words"),
     [
         (("--listen", "no-port-here"), "--listen: listen address must be HOST:PORT"),
-        (("--url", "notaurl"), "--url: public URL must look like https://HOST[:PORT][/PATH], got 'notaurl'"),
+        (("--url", "notaurl"), "--url: public URL must look like http(s)://HOST[:PORT][/PATH], got 'notaurl'"),
         (("--url", "ftp://media.example.org"), "--url: public URL"),
         (("--url", "http://[::1"), "--url: public URL"),
         (("--name", "  "), "--name must be 1-64 characters"),
