@@ -81,8 +81,10 @@ def parse_size(value: str | int) -> int:
 def parse_listen(value: str) -> tuple[str, int]:
     """Parse HOST:PORT (IPv6 as [::1]:PORT)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit():
         raise ConfigError(f"listen address must be HOST:PORT, got {value!r}")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"listen port must be from 1 to 65535, got {value!r}")
     return host.strip("[]"), int(port)
 
 

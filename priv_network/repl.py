@@ -109,9 +109,9 @@ async def execute(client: AdminClient, line: str, out: IO[str], err: IO[str]) ->
     parser = build_parser()
     commands = _commands(parser)
     try:
-        words = shlex.split(line)
-    except ValueError as exc:
-        err.write(f"error: {exc}\n")
+        words = shlex.split(line, comments=True)  # `# ...` is a comment, as in a shell script
+    except ValueError:
+        err.write("error: a quote is not closed in this line\n")
         return 2
     if not words:
         return 0

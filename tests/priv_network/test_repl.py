@@ -99,8 +99,13 @@ async def test_unknown_commands_and_usage_errors_speak_repl(node: RunningNode) -
         assert await repl.execute(client, "search -bunny", out, err) == 2
         assert await repl.execute(client, "search x --limit 0", out, err) == 2
         assert await repl.execute(client, "share revoke", out, err) == 2
+        assert await repl.execute(client, "search 'spider", out, err) == 2
+        # A comment, or a line that is only one, is passed over.
+        assert await repl.execute(client, "# list the peers", out, err) == 0
+        assert await repl.execute(client, "status  # and this node", out, err) == 0
     lines = err.getvalue().splitlines()
-    assert len(lines) == 4, lines
+    assert len(lines) == 5, lines
+    assert lines[4] == "error: a quote is not closed in this line"
     assert all(line.startswith("error: ") and "priv-network" not in line for line in lines), lines
     unknown = lines[0]
     assert unknown.startswith("error: no command 'bogus'; `help` lists them (")
