@@ -40,6 +40,10 @@ class StoredBlob:
     already_stored: bool
 
 
+# Dirty pages are handed to the disk every this many bytes while a file is written.
+WRITEBACK_WINDOW = 32 * 1024 * 1024
+
+
 class HashMark(NamedTuple):
     """Where a StreamHasher stood (copies of its states), to rewind to."""
 
@@ -102,7 +106,7 @@ class BlobStore:
     # Start the writeback of an ingest's copy every this many bytes (0: leave it all to the
     # final fsync). bench/ingest.py --compare-writeback: ratio to sha256 1.02 with, 0.56
     # without (6 of 6 rounds better, each variant in each place of the order).
-    ingest_writeback = 32 * 1024 * 1024
+    ingest_writeback = WRITEBACK_WINDOW
 
     def __init__(self, root: Path, block_size: int, min_free: int) -> None:
         self.root = root
@@ -237,16 +241,12 @@ class BlobStore:
 
     def adopt(self, path: Path) -> StoredBlob:
         """Take a complete file already in the store's folder (same file system): hash it, then rename it in."""
-        whole = blake3()
-        blocks: list[bytes] = []
-        size = 0
+        hashed = StreamHasher(self.block_size)
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
             while chunk := fh.read(self.block_size):
-                whole.update(chunk)
-                blocks.append(block_hash(chunk))
-                size += len(chunk)
-        return self._move_in(path, whole.hexdigest(), size, b"".join(blocks))
+                hashed.update(chunk)
+        return self._move_in(path, *hashed.result(), size=hashed.size)
 
     def adopt_hashed(self, path: Path, hashed: StreamHasher) -> StoredBlob:
         """As ``adopt``, for a file whose bytes were hashed as they were written: fsync, then rename in.
@@ -263,10 +263,9 @@ class BlobStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        content_hash, manifest = hashed.result()
-        return self._move_in(path, content_hash, hashed.size, manifest)
+        return self._move_in(path, *hashed.result(), size=hashed.size)
 
-    def _move_in(self, path: Path, content_hash: str, size: int, manifest: bytes) -> StoredBlob:
+    def _move_in(self, path: Path, content_hash: str, manifest: bytes, *, size: int) -> StoredBlob:
         """Rename a synced, hashed file to its content address (or drop it: that content is stored)."""
         final = self.blob_path(content_hash)
         already = final.exists()
@@ -316,8 +315,6 @@ class BlobStore:
         self.poster_path(content_hash).unlink(missing_ok=True)
 
 
-# Dirty pages are handed to the disk every this many bytes while a file is written.
-WRITEBACK_WINDOW = 32 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -424,7 +421,7 @@ class PinWriter:
             if h.digest() != self._expected(index):
                 return False
             try:
-                _pwrite_all(self._fd, parts, offset)
+                pwrite_all(self._fd, parts, offset)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     raise InsufficientStorage(f"the disk filled up while pinning: {exc.strerror}") from None
@@ -493,7 +490,8 @@ class PinWriter:
                 self._fd = None
 
 
-def _pwrite_all(fd: int, parts: list[bytes | bytearray | memoryview], offset: int) -> None:
+def pwrite_all(fd: int, parts: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
+    """Write ``parts`` one after another at ``offset``, resuming short writes."""
     views = [memoryview(p).cast("B") for p in parts]
     while views:
         n = os.pwritev(fd, views[:512], offset)  # IOV_MAX is 1024 on Linux

@@ -669,13 +669,7 @@ class ContentManager:
             )
             return self._info(holders[stored.content_hash])
         name = Path(path).name
-        blob_path = Path(external_path) if external_path else self._blobs.blob_path(stored.content_hash)
-        result: ProbeResult = await self._run(probe, blob_path, name)
-        if result.poster:
-            await self._run(self._blobs.write_poster, stored.content_hash, result.poster)
-        if result.warning:
-            report.warnings.append((path, result.warning))
-            log.warning("ingest %s: %s", path, result.warning)
+        result = await self._probe_stored(stored, name, path, report, external_path)
         values = _probed_values(result, stored, name, metadata)
         blob = _blob_values(stored, poster=bool(result.poster), external_path=external_path)
         if not await self._store.replace_item_content(old["id"], old_hash, blob, values, source_file):
@@ -769,15 +763,7 @@ class ContentManager:
         if stored.content_hash in known and title is not None:
             report.existing.append(await self.set_title(known[stored.content_hash]["id"], title))
             return
-        blob_path = Path(external_path) if external_path else self._blobs.blob_path(stored.content_hash)
-        result: ProbeResult = await self._run(probe, blob_path, name)
-        has_poster = False
-        if result.poster:
-            await self._run(self._blobs.write_poster, stored.content_hash, result.poster)
-            has_poster = True
-        if result.warning:
-            report.warnings.append((where, result.warning))
-            log.warning("ingest %s: %s", where, result.warning)
+        result = await self._probe_stored(stored, name, where, report, external_path)
         item = {
             "id": new_item_id(),
             "content_hash": stored.content_hash,
@@ -787,10 +773,23 @@ class ContentManager:
             **_probed_values(result, stored, name, metadata),
         }
         row, created = await self._store.add_item(
-            _blob_values(stored, poster=has_poster, external_path=external_path), item, source_file
+            _blob_values(stored, poster=bool(result.poster), external_path=external_path), item, source_file
         )
         (report.added if created else report.existing).append(self._info(row))
         log.info("ingested %s as %s (%s, %d bytes)", where, row["id"], result.kind, stored.size)
+
+    async def _probe_stored(
+        self, stored: StoredBlob, name: str, where: str, report: IngestReport, external_path: str | None
+    ) -> ProbeResult:
+        """Probe stored content (in a worker thread), keep its poster, note a probe warning in ``report``."""
+        blob_path = Path(external_path) if external_path else self._blobs.blob_path(stored.content_hash)
+        result: ProbeResult = await self._run(probe, blob_path, name)
+        if result.poster:
+            await self._run(self._blobs.write_poster, stored.content_hash, result.poster)
+        if result.warning:
+            report.warnings.append((where, result.warning))
+            log.warning("ingest %s: %s", where, result.warning)
+        return result
 
     # -- API tokens ---------------------------------------------------------
     async def create_token(self, name: str, *, admin: bool, kind: str = "api", ttl: float | None = None) -> str:

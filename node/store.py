@@ -332,8 +332,7 @@ class CmaStore:
     async def list_tokens(self, now: float) -> list[dict[str, Any]]:
         """Every token that still works (never its hash), oldest first."""
         columns = [c for c in api_tokens.c if c.name != "token_hash"]
-        live = sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at >= now)
-        query = sa.select(*columns).where(live).order_by(api_tokens.c.created_at, api_tokens.c.id)
+        query = sa.select(*columns).where(_live_token(now)).order_by(api_tokens.c.created_at, api_tokens.c.id)
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
@@ -352,7 +351,7 @@ class CmaStore:
                     api_tokens.c.id != token_id,
                     api_tokens.c.admin == sa.true(),
                     api_tokens.c.kind != "session",
-                    sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at >= now),
+                    _live_token(now),
                 )
                 if (await conn.execute(other_owner_token.limit(1))).first() is None:
                     return dict(row), False
@@ -521,8 +520,7 @@ class CmaStore:
 
     # -- traffic --------------------------------------------------------------
     async def add_traffic(self, hour: int, subject: str, direction: str, n: int) -> None:
-        insert = sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert
-        stmt = insert(traffic).values(hour=hour, subject=subject, direction=direction, bytes=n)
+        stmt = self._insert_on_conflict(traffic).values(hour=hour, subject=subject, direction=direction, bytes=n)
         stmt = stmt.on_conflict_do_update(
             index_elements=[traffic.c.hour, traffic.c.subject, traffic.c.direction],
             set_={"bytes": traffic.c.bytes + n},
@@ -810,3 +808,8 @@ class CmaStore:
                 .limit(limit)
             )
             return [dict(r) for r in rows.mappings()]
+
+
+def _live_token(now: float) -> sa.ColumnElement[bool]:
+    """A token that has not expired at ``now`` (one without expiry never does)."""
+    return sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at >= now)

@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from node.blobs import BlobStore, HashMark, StreamHasher, start_writeback
+from node.blobs import BlobStore, HashMark, StreamHasher, pwrite_all, start_writeback
 from node.service import ContentManager, check_visibility
 from node.store import CmaStore
 from priv_network.errors import (
@@ -141,12 +141,7 @@ def _write_and_hash(fd: int, data: memoryview, offset: int, hashers: Sequence[An
     write reads the bytes while they are still in the CPU's cache; BLAKE3 and
     hashlib release the GIL, so the event loop keeps receiving meanwhile.
     """
-    view = data
-    at = offset
-    while len(view):
-        n = os.pwrite(fd, view, at)
-        at += n
-        view = view[n:]
+    pwrite_all(fd, [data], offset)
     start_writeback(fd, offset, len(data))
     for hasher in hashers:
         hasher.update(data)
