@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import sys
 import threading
@@ -348,6 +349,33 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+# O_DIRECT wants offsets, lengths and memory aligned to the device's logical block (512 or 4096).
+DIRECT_ALIGN = 4096
+
+
+def open_direct(path: Path, block_size: int) -> int | None:
+    """A second descriptor of ``path`` that writes past the page cache (O_DIRECT), or None.
+
+    A pin writes a large file once, checks it and fsyncs it; nothing reads
+    it back soon. Through the page cache every block first needs fresh
+    pages, which is cheap on an idle host but cost up to 2 s of kernel time
+    per GiB on this project's virtual machine (its freed memory goes back to
+    the host, and taking it again faults page by page), and it evicts what
+    the node streams. Direct writes cost about 0.07 CPU-s per GiB and the
+    final fsync finds nothing left to write (docs/benchmarks.md, section 7).
+    None where the block size cannot be aligned or the filesystem refuses
+    O_DIRECT (tmpfs before Linux 6.6, some FUSE filesystems): the buffered
+    path then does the job.
+    """
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag or block_size % DIRECT_ALIGN:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
 # A block as a fetch hands it over: one buffer, or the network chunks it arrived in, in order.
 BlockData = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 
@@ -387,6 +415,9 @@ class PinWriter:
             raise
         self._sync_error: OSError | None = None
         self._flushed = self.verified  # writeback started up to here
+        # Whole blocks go through an aligned buffer to an O_DIRECT descriptor where it can be had.
+        self._direct = open_direct(self._path, block_size)
+        self._buffer = mmap.mmap(-1, block_size) if self._direct is not None else None
 
     def _expected(self, index: int) -> bytes:
         return self._manifest[index * HASH_LEN : (index + 1) * HASH_LEN]
@@ -415,26 +446,49 @@ class PinWriter:
             offset = index * self._block_size
             if offset != self.verified:
                 raise Conflict(f"pin blocks must arrive in order (expected offset {self.verified})")
+            length = sum(memoryview(p).nbytes for p in parts)
+            # A whole block goes through the aligned buffer to the O_DIRECT descriptor, if there is one.
+            buffer = self._gather(parts) if self._buffer is not None and length == self._block_size else None
             h = blake3()
-            for part in parts:
+            for part in parts if buffer is None else [buffer]:
                 h.update(part)
             if h.digest() != self._expected(index):
                 return False
             try:
-                pwrite_all(self._fd, parts, offset)
+                if buffer is None:  # the short last block, or no direct I/O here
+                    pwrite_all(self._fd, parts, offset)
+                else:
+                    self._write_direct(buffer, offset)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     raise InsufficientStorage(f"the disk filled up while pinning: {exc.strerror}") from None
                 raise PrivNetworkError(f"cannot write the pinned copy: {exc.strerror}") from None
-            for part in parts:
+            for part in parts if buffer is None else [buffer]:
                 self._whole.update(part)
-            self.verified = offset + sum(memoryview(p).nbytes for p in parts)
-            if self.verified - self._flushed >= WRITEBACK_WINDOW:
+            self.verified = offset + length
+            if self._direct is None and self.verified - self._flushed >= WRITEBACK_WINDOW:
                 # As ingest does: the disk starts on these pages now, so a pin does not pile up
                 # dirty pages until the kernel throttles its writes (or its final fsync waits).
                 start_writeback(self._fd, self._flushed, self.verified - self._flushed)
                 self._flushed = self.verified
             return True
+
+    def _gather(self, parts: list[bytes | bytearray | memoryview]) -> mmap.mmap:
+        """Copy a whole block's parts into the aligned buffer (page-aligned: it is an mmap)."""
+        assert self._buffer is not None
+        at = 0
+        for part in parts:
+            n = memoryview(part).nbytes
+            self._buffer[at : at + n] = part
+            at += n
+        return self._buffer
+
+    def _write_direct(self, buffer: mmap.mmap, offset: int) -> None:
+        """Write a whole block past the page cache; a short write ends through the buffered fd."""
+        assert self._direct is not None and self._fd is not None
+        n = os.pwrite(self._direct, buffer, offset)
+        if n < self._block_size:
+            pwrite_all(self._fd, [buffer[n:]], offset + n)
 
     def sync(self) -> None:
         """Write what was appended so far to the disk (fdatasync), while appends go on.
@@ -475,6 +529,7 @@ class PinWriter:
                 raise PrivNetworkError(f"cannot write the pinned copy to disk: {exc.strerror}") from None
             finally:
                 os.close(fd)
+                self._close_direct()
         final = self._store.blob_path(self.content_hash)
         if final.exists():
             self._path.unlink(missing_ok=True)
@@ -488,6 +543,15 @@ class PinWriter:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            self._close_direct()
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 
 
 def pwrite_all(fd: int, parts: Sequence[bytes | bytearray | memoryview], offset: int) -> None:

@@ -9,6 +9,7 @@ renames and still refuses a copy that is not the content it names.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import secrets
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
+import node.blobs
 from node.blobs import BlobStore, PinWriter
 from priv_network.errors import Conflict, InsufficientStorage, PrivNetworkError
 from priv_network.manifest import block_hash
@@ -25,10 +27,23 @@ BS = 64 * 1024
 SIZE = 3 * BS + 1234  # three whole blocks and a short last one
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
+@pytest.fixture(params=["direct", "buffered"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BlobStore:
+    """A store whose pins write whole blocks past the page cache (O_DIRECT), or all through it.
+
+    The buffered path is what a filesystem without O_DIRECT gets.
+    """
     blobs = BlobStore(tmp_path / "store", BS, 0)
     blobs.prepare()
+    if request.param == "buffered":
+        monkeypatch.setattr(node.blobs, "open_direct", lambda path, block_size: None)
+    else:  # every filesystem this suite runs on (ext4, tmpfs since Linux 6.6) takes O_DIRECT
+        probe = blobs.pin_part("probe")
+        probe.touch()
+        fd = node.blobs.open_direct(probe, BS)
+        assert fd is not None, f"no O_DIRECT on {probe.parent}: the direct path would go untested"
+        os.close(fd)
+        probe.unlink()
     return blobs
 
 
@@ -145,13 +160,18 @@ def test_a_disk_that_fills_mid_block_leaves_a_resumable_copy(store: BlobStore, m
     h = blake3(data).hexdigest()
     writer = open_pin(store, data)
     assert writer.append(0, block(data, 0))
-    real_pwritev = os.pwritev
+    real_pwritev, real_pwrite = os.pwritev, os.pwrite
 
     def fills_up(fd: int, buffers: list[memoryview], offset: int) -> int:
         real_pwritev(fd, [buffers[0][:1000]], offset)  # part of the block reaches the disk, then no more
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def fills_up_direct(fd: int, buffer: memoryview, offset: int) -> int:
+        real_pwrite(fd, memoryview(buffer)[:4096], offset)  # an aligned part reaches the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "pwritev", fills_up)
+    monkeypatch.setattr(os, "pwrite", fills_up_direct)
     with pytest.raises(InsufficientStorage, match="disk filled up"):
         writer.append(1, block(data, 1))
     assert writer.verified == BS
@@ -189,3 +209,27 @@ def test_a_sync_under_way_does_not_hold_up_appends_and_its_error_stops_the_commi
         writer.commit()
     assert not store.blob_path(h).exists()
     assert store.pin_part(h).exists()  # checked again block by block when the pin resumes
+
+
+def test_whole_blocks_go_past_the_page_cache_and_the_last_short_one_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = BlobStore(tmp_path / "store", BS, 0)
+    blobs.prepare()
+    data = secrets.token_bytes(SIZE)
+    h = blake3(data).hexdigest()
+    direct_writes: list[tuple[int, int]] = []
+    real_pwrite = os.pwrite
+
+    def spy(fd: int, buffer: memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes.append((offset, memoryview(buffer).nbytes))
+        return real_pwrite(fd, buffer, offset)
+
+    monkeypatch.setattr(os, "pwrite", spy)
+    writer = open_pin(blobs, data)
+    for index in range(4):
+        assert writer.append(index, chunks(block(data, index), 1000, 5000) if index < 3 else block(data, index))
+    writer.commit()
+    assert direct_writes == [(0, BS), (BS, BS), (2 * BS, BS)]
+    assert blobs.blob_path(h).read_bytes() == data
