@@ -1,7 +1,7 @@
 """Brokered streaming and pinning of a 1 GiB file: owner -> broker -> client, with verification.
 
     .venv/bin/python bench/broker.py [--size-mib 1024] [--rounds 5] [--pin-rounds 3] [--no-profile]
-                                     [--only memory|full|ranges|pin ...]
+                                     [--only memory|full|ranges|pin|seek ...]
 
 Two real nodes (``priv-network init`` + ``serve``, both on 127.0.0.1, each
 on its own port, as bench/_loader.py speaks to 127.0.0.1): the owner O
@@ -31,13 +31,22 @@ every block from O, checks it, writes it, checks the whole file), against
 into a file on the same disk, in the same round (dirty pages flushed with
 sync before each; the pin is removed again after each round). Goal: curl
 time / pin time >= 0.7.
+
+Seeking: time to first byte of ``GET .../content`` with ``Range: bytes=N-``
+for N in the middle half of the file, each on a new connection (what a
+player's seek costs at worst), through B and, as the baseline in the same
+round, straight from O. The first seek through B, right after it synced the
+catalog and before anything else asked for the item (so it also fetches the
+manifest), is reported on its own. Goal: every seek through B under 100 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -68,7 +77,8 @@ from _fed import FedNode, PySpy, cpu_seconds, wait_for
 GOAL_FULL = 0.5
 GOAL_RSS_MIB = 150
 GOAL_PIN = 0.7
-PARTS = ("memory", "full", "ranges", "pin")
+GOAL_SEEK_MS = 100.0
+PARTS = ("memory", "full", "ranges", "pin", "seek")
 OWNER_CORE, BROKER_CORE = "1", "0"
 PROFILE_UNDER = (
     "_relay",
@@ -119,6 +129,28 @@ def load(node: FedNode, path: str, mode: str, *, conns: int, seconds: float, siz
     if result["error_count"]:
         raise SystemExit(f"load client errors against {node.name}: {result['errors']}\n{node.log_tail()}")
     return result
+
+
+def first_byte_ms(node: FedNode, path: str, offset: int) -> float:
+    """Milliseconds from sending ``GET path`` with ``Range: bytes=offset-`` to the first body byte (new connection)."""
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {node.host}:{node.port}\r\nAuthorization: Bearer {node.token}\r\n"
+        f"Range: bytes={offset}-\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((node.host, node.port), timeout=10) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(request)
+        got = b""
+        while (end := got.find(b"\r\n\r\n")) < 0 or len(got) <= end + 4:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit(f"{node.name} closed the connection before the first byte: {got[:200]!r}")
+            got += chunk
+        elapsed = (time.perf_counter() - t0) * 1000
+    if not got.startswith(b"HTTP/1.1 206"):
+        status = got.split(b"\r\n", 1)[0]
+        raise SystemExit(f"{node.name} answered a seek with {status!r}")
+    return elapsed
 
 
 def pin_once(broker: FedNode, item_id: str) -> float:
@@ -186,6 +218,8 @@ def main() -> int:
         broker.join(owner.invite())
         wait_for(lambda: any(h["id"] == item_id for h in broker.search("media")), timeout=60, what="broker sees it")
         read_through(blob)
+        seeks = random.Random(7)
+        first_seek = first_byte_ms(broker, path, seeks.randrange(size // 4, size * 3 // 4)) if "seek" in parts else 0.0
         load(broker, path, "ranges", conns=1, seconds=0.5, size=size, seed=0)  # fetches the manifest once
 
         # -- memory
@@ -203,8 +237,9 @@ def main() -> int:
                 flush=True,
             )
 
-        # -- streaming, direct vs brokered, alternating
         servers = {"direct": owner, "brokered": broker}
+
+        # -- streaming, direct vs brokered, alternating
         rate: dict[str, dict[str, list[float]]] = {"full": {}, "ranges": {}}
         cpu: dict[str, dict[str, list[dict[str, float]]]] = {"full": {}, "ranges": {}}
         modes = [m for m in (("full", 1, "GiB/s"), ("ranges", args.conns, "req/s")) if m[0] in parts]
@@ -237,6 +272,23 @@ def main() -> int:
                 load(broker, path, mode, conns=conns, seconds=args.seconds, size=size, seed=99)
                 spy.stop()
                 profiles[mode] = spy.summary(top=20, inclusive=PROFILE_UNDER)
+
+        # -- seeking: time to first byte, brokered vs direct, alternating
+        ttfb: dict[str, list[float]] = {"direct": [], "brokered": []}
+        if "seek" in parts:
+            header(f"seeks into the middle of the file: time to first byte (ms), {args.rounds} rounds of 20")
+            print(f"  first seek through the broker (fetches the manifest too): {first_seek:.1f} ms")
+            for r in range(args.rounds):
+                for name in ("direct", "brokered") if r % 2 == 0 else ("brokered", "direct"):
+                    for _ in range(20):
+                        offset = seeks.randrange(size // 4, size * 3 // 4)
+                        ttfb[name].append(first_byte_ms(servers[name], path, offset))
+                last = {k: v[-20:] for k, v in ttfb.items()}
+                print(
+                    f"  round {r + 1}: brokered median {median(last['brokered']):.1f} max {max(last['brokered']):.1f},"
+                    f" direct median {median(last['direct']):.1f} max {max(last['direct']):.1f}",
+                    flush=True,
+                )
 
         # -- pinning vs curl
         pin_t: list[float] = []
@@ -325,6 +377,23 @@ def main() -> int:
                 f"pin    {median(pin_t):.2f} s ({args.size_mib / median(pin_t):.0f} MiB/s)"
                 f" vs curl {median(curl_t):.2f} s ({args.size_mib / median(curl_t):.0f} MiB/s): ratio {pin_ratio:.2f}"
                 f"   goal >= {GOAL_PIN}: {verdict(pin_ok)}; broker CPU per pin {median(pin_cpu):.2f} s"
+            )
+        if "seek" in parts:
+            worst = max([first_seek, *ttfb["brokered"]])
+            seek_ok = worst < GOAL_SEEK_MS
+            ok = ok and seek_ok
+            b, d = sorted(ttfb["brokered"]), sorted(ttfb["direct"])
+            p95 = {k: v[int(len(v) * 0.95) - 1] for k, v in (("brokered", b), ("direct", d))}
+            summary["seek"] = {
+                "first_ms": first_seek,
+                "brokered_ms": {"median": median(b), "p95": p95["brokered"], "max": b[-1]},
+                "direct_ms": {"median": median(d), "p95": p95["direct"], "max": d[-1]},
+                "met": seek_ok,
+            }
+            print(
+                f"seek   first byte through the broker: first {first_seek:.1f} ms, then median {median(b):.1f},"
+                f" p95 {p95['brokered']:.1f}, max {b[-1]:.1f} ms; direct median {median(d):.1f}, max {d[-1]:.1f} ms"
+                f"   goal < {GOAL_SEEK_MS:.0f} ms: {verdict(seek_ok)}"
             )
         summary["profiles"] = profiles
         for mode, text in profiles.items():
