@@ -186,6 +186,12 @@ class SyncSection:
     timeout: float = _setting(30.0, "Time limit for one request to a peer.", "duration")
     backoff_min: float = _setting(5.0, "First retry delay after a peer fails.", "duration")
     backoff_max: float = _setting(3600.0, "Longest retry delay for a peer that keeps failing.", "duration")
+    at_start: bool = _setting(
+        True,
+        "Poll every peer a few seconds after start-up: they learn at once that this node is back,"
+        " and its view of them is fresh instead of as it was when it stopped.",
+        "bool",
+    )
 
 
 @dataclass(frozen=True)

@@ -468,6 +468,15 @@ def create_app(config: Config, identity: NodeIdentity, *, upgrade: bool = False)
             )
 
         every("sync round", config.sync.interval, lambda: node.registry.sync_all(force=False), spread=jitter)
+        if config.sync.at_start:
+            # Every member, backed off or not: any of them may be back too, and each learns
+            # from the signed poll that this node is (peer_seen), without waiting for its own round.
+            sched.add_job(
+                job("start-up sync round", lambda: node.registry.sync_all(force=True)),
+                "date",
+                run_date=datetime.now(UTC) + timedelta(seconds=2),
+                name="start-up sync round",
+            )
         every("sweep of expired uploads", 600, node.uploads.sweep, soon=True)
         if config.folders.paths:
             every("watched folder scan", config.folders.interval, node.folders.scan, soon=True)

@@ -276,11 +276,12 @@ class Network:
         """A new node called ``name`` (names need not be unique), initialized and, by default, started.
 
         ``sections`` are config overrides, e.g. ``sync={"page_size": 2}``. The scheduled sync
-        runs hourly unless a test asks otherwise, so that only the test decides when nodes sync.
+        runs hourly, and not at start-up, unless a test asks otherwise, so that only the test
+        decides when nodes sync.
         """
         host = f"127.0.0.{len(self.nodes) + 2}"
         data_dir = self.tmp_path / f"node{len(self.nodes)}-{name}"
-        config: dict[str, dict[str, Any]] = {"sync": {"interval": "1h"}}
+        config: dict[str, dict[str, Any]] = {"sync": {"interval": "1h", "at_start": False}}
         for section, values in sections.items():
             config.setdefault(section, {}).update(values)
         if self.pg_databases is None:

@@ -64,6 +64,30 @@ async def test_three_nodes_visibility_outage_and_recovery(network: Network, tmp_
     assert ids(await b.search(node=a)) == {film["id"], picnic["id"], fresh["id"]}
 
 
+async def test_a_restarted_node_polls_everyone_and_is_back_online_at_once(network: Network, tmp_path: Path) -> None:
+    a, b, c = [await network.node(n) for n in ("alpha", "beta", "gamma")]
+    await group(a, b, c)
+    await a.stop()
+    for node in (b, c):
+        assert str((await node.sync())[a.node_id]).startswith("error")
+        assert (await node.peers())[a.node_id]["online"] is False
+    # While A was away, B added something: A's start-up round fetches it without being asked.
+    news = (await b.add(write_file(tmp_path, "While you were away.txt"), visibility="network"))[0]
+
+    await a.start(sync={"at_start": True})
+
+    async def back_everywhere() -> bool:
+        states = [(await node.peers())[a.node_id] for node in (b, c)]
+        return all(s["online"] and not s["failures"] for s in states)
+
+    await eventually(back_everywhere, what="B and C see A online again without polling it")
+    await eventually(lambda: _found(a, "away", news["id"]), what="A's start-up round fetched B's new item")
+
+
+async def _found(node: NetNode, q: str, item_id: str) -> bool:
+    return item_id in ids(await node.search(q))
+
+
 async def test_cursors_survive_restarts(network: Network, tmp_path: Path) -> None:
     a, b, c = [await network.node(n) for n in ("alpha", "beta", "gamma")]
     await group(a, b, c)
