@@ -30,6 +30,15 @@ class PeerUnreachable(PrivNetworkError):
     code = "peer_unreachable"
 
 
+class RelayEnded(ConnectionResetError):
+    """A relayed transfer ended on this node's side: its own client left, or the relay cut it on purpose.
+
+    Raised inside ``PeerClient.stream``'s block, it passes through unchanged: it
+    is not the peer's failure. Being a ``ConnectionError``, aiohttp's server
+    drops the client connection quietly when a handler raises it.
+    """
+
+
 _BY_STATUS: dict[int, type[PrivNetworkError]] = {
     400: errors.InvalidInput,
     401: errors.Unauthorized,
@@ -142,6 +151,10 @@ class PeerClient:
                         pass
                     raise _BY_STATUS.get(resp.status, PeerUnreachable)(message)
                 yield resp
+        except RelayEnded:
+            raise
+        except aiohttp.ClientConnectorError as exc:  # no connection at all: say so in plain words
+            raise PeerUnreachable(failure_reason(base_url, exc)) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, OSError) as exc:
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise PeerUnreachable(f"transfer from {base_url} failed: {reason}") from None

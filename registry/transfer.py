@@ -24,11 +24,11 @@ from typing import Any, NoReturn
 import aiohttp
 from aiohttp import hdrs, web
 
-from priv_network.errors import InvalidInput, NotFound, PrivNetworkError, RangeNotSatisfiable
+from priv_network.errors import Forbidden, InvalidInput, NotFound, PrivNetworkError, RangeNotSatisfiable
 from priv_network.http import content_headers, error_response
 from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
-from priv_network.peerclient import PeerClient, PeerUnreachable, read_body
+from priv_network.peerclient import PeerClient, PeerUnreachable, RelayEnded, read_body
 from priv_network.ranges import ByteRange, parse_range
 from priv_network.wire import ItemInfo, check_item_id
 from registry.store import RegistryStore
@@ -72,8 +72,46 @@ class RemoteItem:
         return [s for s in everyone if s.online] + [s for s in everyone if not s.online]
 
 
-class TransferAborted(ConnectionResetError):
+class TransferAborted(RelayEnded):
     """Raised after headers were sent: aiohttp then drops the connection quietly."""
+
+
+class ViewerLeft(RelayEnded):
+    """The viewer of a brokered stream closed its connection (a seek, a closed player): nobody's failure."""
+
+
+RETRIED = "retried on each sync"
+
+
+class PinSourceFailed(PeerUnreachable):
+    """A source of a pin failed part-way (a cut, a corrupt block, a wrong answer); the message names it."""
+
+
+class OwnerRefused(NotFound):
+    """The owner answered and refused this node the item: it is no longer shared with this node."""
+
+
+def _who(source: Source) -> str:
+    return source.name or source.node_id[:12]
+
+
+class BadBlock(Exception):
+    """A source stopped sending, or sent a block that does not match the manifest (``reason`` says which)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def refused_by_owner(source: Source, item: ItemInfo, exc: PrivNetworkError) -> bool:
+    """The owner answered, and said no: its rules decide, whatever a holder's older copy of them says.
+
+    A holder checks the requester against the owner's rules as it last synced
+    them, so right after the owner narrows who may see an item a holder may
+    still let a member through. Holders are therefore asked only when the
+    owner cannot be reached, never when it refuses.
+    """
+    return source.node_id == item.node and isinstance(exc, NotFound | Forbidden)
 
 
 class BlockReader:
@@ -189,7 +227,9 @@ class Broker:
             path = f"{source.path}/manifest" if source.node_id != item.node else f"/federation/v1/manifest/{item.id}"
             try:
                 data = await self.client.get(source.url, path)
-            except (PeerUnreachable, NotFound) as exc:
+            except (PeerUnreachable, NotFound, Forbidden) as exc:
+                if refused_by_owner(source, item, exc):
+                    raise self._refused(remote) from None
                 failure = exc
                 continue
             blocks = self._check_manifest(item, data)
@@ -263,16 +303,28 @@ class Broker:
                     if not whole and (upstream.status != 206 or upstream.headers.get(hdrs.CONTENT_RANGE) != expected):
                         await self.penalize(source.node_id, "answered a range request with the wrong range")
                         raise PeerUnreachable(f"{source.url} answered with the wrong range")
+                    try:
+                        # The first block is checked before the status goes out: a source that
+                        # fails on it is answered with a clean error (or replaced by the next one).
+                        block = await self._block(upstream, source, item, manifest, first)
+                    except BadBlock as bad:
+                        await self.penalize(source.node_id, bad.reason)
+                        raise PeerUnreachable(f"{source.name or source.node_id} {bad.reason}") from None
                     await response.prepare(request)
                     try:
                         await self._relay(
-                            request, response, upstream, source=source, item=item, manifest=manifest, rng=rng
+                            request, response, upstream, block, source=source, item=item, manifest=manifest, rng=rng
                         )
                     finally:
                         await self.traffic.add(f"peer:{source.node_id}", "received", upstream.content.total_bytes)
-            except (PeerUnreachable, NotFound) as exc:
+            except ViewerLeft:
+                log.debug("the viewer of %s left before the end of its range", item.id)
+                raise
+            except (PeerUnreachable, NotFound, Forbidden) as exc:
                 if response.prepared:
                     raise
+                if refused_by_owner(source, item, exc):
+                    raise self._refused(remote) from None
                 log.info("cannot get %s from %s: %s; trying the next holder", item.id, source.node_id, exc.message)
                 failure = exc
                 continue
@@ -280,37 +332,59 @@ class Broker:
             return response
         raise failure
 
+    def _refused(self, remote: RemoteItem) -> OwnerRefused:
+        """The owner refused this node the item: forget the registry row kept for it, and say so."""
+        self._items.pop(remote.item.id, None)
+        owner = remote.owner_name or remote.item.node[:12]
+        return OwnerRefused(f"{owner} no longer shares {remote.item.id} with this node")
+
+    async def _block(
+        self, upstream: aiohttp.ClientResponse, source: Source, item: ItemInfo, manifest: bytes, index: int
+    ) -> bytes:
+        """Block ``index``, read whole from the source and checked against the manifest (BadBlock if not)."""
+        try:
+            block = await upstream.content.readexactly(min(item.block_size, item.size - index * item.block_size))
+        except _CUT as exc:
+            log.warning("transfer of %s from %s cut at block %d: %r", item.id, source.node_id, index, exc)
+            raise BadBlock(f"stopped sending {item.id} at block {index}") from None
+        if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
+            log.warning("block %d of %s from %s does not match its manifest", index, item.id, source.node_id)
+            raise BadBlock(f"sent a corrupt block {index} of {item.id}")
+        return block
+
     async def _relay(
         self,
         request: web.Request,
         response: web.StreamResponse,
         upstream: aiohttp.ClientResponse,
+        block: bytes,
         *,
         source: Source,
         item: ItemInfo,
         manifest: bytes,
         rng: ByteRange,
     ) -> None:
-        """Pass verified blocks on, trimmed to the range; abort on the first bad or missing block.
+        """Pass verified blocks on, trimmed to the range, from ``block`` (the first, already checked) on.
 
         Each block is read whole, hashed once and sent in one write; no byte of
-        it leaves before all of it is checked. (Hashing the chunks as they
-        arrive and joining them afterwards was measured slower: bench/broker.py,
-        docs/benchmarks.md.)
+        it leaves before all of it is checked, and a bad or missing block
+        aborts the response. (Hashing the chunks as they arrive and joining
+        them afterwards was measured slower: bench/broker.py, docs/benchmarks.md.)
         """
         bs = item.block_size
-        for index in range(rng.start // bs, (rng.stop - 1) // bs + 1):
+        first, last = rng.start // bs, (rng.stop - 1) // bs
+        for index in range(first, last + 1):
+            if index > first:
+                try:
+                    block = await self._block(upstream, source, item, manifest, index)
+                except BadBlock as bad:
+                    await self._abort(request, source, bad.reason)
             pos = index * bs
-            try:
-                block = await upstream.content.readexactly(min(bs, item.size - pos))
-            except _CUT as exc:
-                log.warning("transfer of %s from %s cut at block %d: %r", item.id, source.node_id, index, exc)
-                await self._abort(request, source, f"stopped sending {item.id} at block {index}")
-            if block_hash(block) != manifest[index * HASH_LEN : (index + 1) * HASH_LEN]:
-                log.warning("block %d of %s from %s does not match its manifest", index, item.id, source.node_id)
-                await self._abort(request, source, f"sent a corrupt block {index} of {item.id}")
             lo, hi = max(rng.start - pos, 0), min(rng.stop - pos, len(block))
-            await response.write(block if (lo, hi) == (0, len(block)) else memoryview(block)[lo:hi])
+            try:
+                await response.write(block if (lo, hi) == (0, len(block)) else memoryview(block)[lo:hi])
+            except ConnectionResetError:
+                raise ViewerLeft(f"the viewer of {item.id} left") from None
 
     async def penalize(self, node_id: str, reason: str) -> None:
         await self._penalize(node_id, reason)
@@ -376,6 +450,8 @@ class Pinner:
             return await self.status(key)
         try:
             manifest = await self._manifest(remote, row)
+        except OwnerRefused:
+            raise
         except (PeerUnreachable, NotFound, InvalidInput) as exc:
             # Nobody can serve it now: record it, to be tried again after each sync.
             await self._pins.wait(remote.item, self._unavailable(remote, exc))
@@ -397,13 +473,13 @@ class Pinner:
     def _unavailable(remote: RemoteItem, exc: PrivNetworkError) -> str:
         """Why a pin waits, for ``pins``: who is offline (or what went wrong), and when it is tried again."""
         if not isinstance(exc, PeerUnreachable):  # a source answered, but not with the manifest
-            return f"no member that has it could send it ({exc.message}); retried on each sync"
+            return f"no member that has it could send it ({exc.message}); {RETRIED}"
         owner = remote.owner_name or remote.item.node[:12]
         holders = len(remote.holders)
         if not holders:
-            return f"{owner} is offline; retried on each sync"
+            return f"{owner} is offline; {RETRIED}"
         copies = "the member holding a copy is" if holders == 1 else f"the {holders} members holding a copy are"
-        return f"{owner} is offline and {copies} too; retried on each sync"
+        return f"{owner} is offline and {copies} too; {RETRIED}"
 
     def _start(self, remote: RemoteItem) -> None:
         key = remote.item.content_hash
@@ -417,6 +493,10 @@ class Pinner:
         try:
             try:
                 manifest = await self._manifest(remote, await self._pins.get(item.content_hash))
+            except OwnerRefused as exc:
+                log.info("pin of %s stopped: %s", item.id, exc.message)
+                await self._pins.fail(item.content_hash, exc.message)
+                return
             except (PeerUnreachable, NotFound, InvalidInput) as exc:
                 reason = self._unavailable(remote, exc)
                 log.info("pin of %s waits: %s", item.id, reason)
@@ -429,16 +509,23 @@ class Pinner:
                     done = await self._fetch_from(source, item, done)
                     failure = None
                     break
-                except (PeerUnreachable, NotFound) as exc:
+                except (PeerUnreachable, NotFound, Forbidden) as exc:
+                    if refused_by_owner(source, item, exc):
+                        raise OwnerRefused(
+                            f"{remote.owner_name or item.node[:12]} no longer shares this item with this node;"
+                            " the partial copy goes at the next sync"
+                        ) from None
                     failure = exc
                     done = int((await self._pins.get(item.content_hash) or {}).get("verified_bytes", done))
             if failure is not None:
-                raise failure
+                if isinstance(failure, PinSourceFailed):
+                    raise failure
+                raise PeerUnreachable(self._unavailable(remote, failure))
             await self._pins.finish(item.content_hash)
         except asyncio.CancelledError:
             raise
         except PrivNetworkError as exc:
-            log.warning("pin of %s paused: %s (it resumes later)", item.id, exc.message)
+            log.warning("pin of %s paused: %s", item.id, exc.message)
             await self._pins.fail(item.content_hash, exc.message)
         except Exception as exc:
             log.exception("pin of %s crashed", item.id)
@@ -451,7 +538,7 @@ class Pinner:
             if not (up.status == 206 and up.headers.get(hdrs.CONTENT_RANGE) == expected) and not (
                 done == 0 and up.status == 200
             ):
-                raise PeerUnreachable(f"{source.url} answered the pin with the wrong range")
+                raise PinSourceFailed(f"{_who(source)} answered the pin with the wrong range; {RETRIED}")
             try:
                 await self._copy(item, source, up, done)
             finally:
@@ -471,9 +558,8 @@ class Pinner:
                 except _CUT as exc:
                     if writing is not None:
                         await writing  # the block before the cut is good: keep it
-                    raise PeerUnreachable(
-                        f"{source.url} stopped sending at block {index}: {type(exc).__name__}"
-                    ) from None
+                    log.info("pin of %s: %s stopped sending at block %d: %r", item.id, source.node_id, index, exc)
+                    raise PinSourceFailed(f"{_who(source)} stopped sending at block {index}; {RETRIED}") from None
                 if writing is not None:
                     await writing
                 writing = asyncio.create_task(self._write(item, source, index, parts))
@@ -491,7 +577,7 @@ class Pinner:
             return await self._pins.write_block(item.content_hash, index, parts)
         except InvalidInput:
             await self._broker.penalize(source.node_id, f"sent a corrupt block {index} of {item.id}")
-            raise InvalidInput(f"block {index} of {item.id} is corrupt") from None
+            raise PinSourceFailed(f"{_who(source)} sent a corrupt block {index}; {RETRIED}") from None
 
     async def unpin(self, item_id: str) -> None:
         pins = await self._pins.list()

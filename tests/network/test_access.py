@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from priv_network.wire import ITEM_ID_RE
-from tests.network.conftest import CATALOG, NetNode, Network, group, ids, signed_request, write_file
+from tests.network.conftest import CATALOG, NetNode, Network, eventually, group, ids, signed_request, write_file
 
 UNKNOWN_ID = "abcdefghijklmnopqrstuvwxyz"
 
@@ -184,3 +184,39 @@ async def test_a_peers_list_must_name_members(trio: tuple[NetNode, NetNode, NetN
     rule = f"peers:{a.node_id},{b.node_id}"
     await a.api("PATCH", f"/api/v1/items/{item['id']}", json={"visibility": rule})
     assert (await a.api("GET", f"/api/v1/items/{item['id']}"))["visibility"] == rule
+
+
+async def test_a_holder_is_not_asked_when_the_owner_refuses(
+    trio: tuple[NetNode, NetNode, NetNode], tmp_path: Path
+) -> None:
+    """The owner narrows who may see an item while a holder still has the older rule.
+
+    C asks A (online) and A refuses: C must not then fetch the bytes from B's
+    copy, whose check still uses the rule B last synced. Holders stand in for
+    an owner that cannot be reached, never for one that says no.
+    """
+    a, b, c = trio
+    data = b"only for beta now " * 70_000
+    item = (await a.add(write_file(tmp_path, "Narrowed.bin", data), visibility="network"))[0]
+    await b.sync()
+    await b.api("POST", "/api/v1/pins", json={"id": item["id"]})
+
+    async def b_holds_it() -> bool:
+        return [p["state"] for p in (await b.api("GET", "/api/v1/pins"))["pins"]] == ["complete"]
+
+    await eventually(b_holds_it, what="B's pin to complete")
+    await c.sync()
+    [hit] = await c.search("narrowed")
+    assert [h["name"] for h in hit["holders"]] == ["beta"]
+
+    await a.api("PATCH", f"/api/v1/items/{item['id']}", json={"visibility": f"peers:{b.node_id}"})
+    refused = f"alpha no longer shares {item['id']} with this node"
+    for _ in range(3):  # the refusal is not cached away: every try asks A, and A says no
+        async with c.session.get(f"{c.url}/api/v1/items/{item['id']}/content", headers=c.auth) as resp:
+            assert resp.status == 404, resp.status
+            assert (await resp.json())["error"]["message"] == refused
+    reply = await c.call("POST", "/api/v1/pins", json={"id": item["id"]})
+    assert (reply.status, reply.data["error"]["message"]) == (404, refused)
+    assert (await c.api("GET", "/api/v1/pins"))["pins"] == []
+    sent_by_b = (await b.api("GET", "/api/v1/status"))["traffic"].get(f"peer:{c.node_id}", {}).get("sent", 0)
+    assert sent_by_b == 0
