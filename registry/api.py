@@ -123,7 +123,9 @@ class PinsApi:
         item_id = body.get("id")
         if not isinstance(item_id, str):
             raise InvalidInput("id must be an item ID")
-        return web.json_response(await self.pinner.pin(check_item_id(item_id)), status=202)
+        pin = await self.pinner.pin(check_item_id(item_id))
+        # 202: a fetch goes on (or waits for a source) after the answer; 200: the copy is already whole.
+        return web.json_response(pin, status=200 if pin["state"] == "complete" else 202)
 
     async def unpin(self, request: web.Request) -> web.Response:
         principal_of(request)
