@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -18,7 +19,7 @@ from node.network import Network, verify_key_chain
 from node.pins import Pins
 from node.plex import PlexImport
 from node.service import ContentManager
-from node.serving import FileServe, OpenFiles
+from node.serving import SEND_PIECE, FileServe, OpenFiles, attachment, download_name
 from node.shares import ShareCut, Shares, ShareServe
 from node.traffic import Traffic
 from node.users import Users
@@ -29,6 +30,8 @@ from priv_network.http import content_headers, int_param, json_body, peer_of, pr
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
 from priv_network.wire import ItemInfo, RosterEvent, check_item_id
+
+log = logging.getLogger(__name__)
 
 MAX_ANNOUNCED_EVENTS = 16
 MAX_INBOX = 1000
@@ -69,6 +72,13 @@ def file_response(f: ContentFile, files: OpenFiles, *, cache: str | None = None)
     return FileServe(f.path, files, headers=headers)
 
 
+def named(response: FileServe, item: ItemInfo) -> FileServe:
+    """A type served as a download (not inline) is saved under the item's title, not the URL's "content"."""
+    if hdrs.CONTENT_DISPOSITION in response.headers:
+        response.headers[hdrs.CONTENT_DISPOSITION] = attachment(download_name(item.title, item.mime))
+    return response
+
+
 def ttl_seconds(body: dict[str, Any], default: str = "24h") -> float:
     """The request's "ttl" (a duration such as 30m, 24h, 7d, or seconds) in seconds."""
     ttl = body.get("ttl", default)
@@ -82,10 +92,31 @@ def ttl_seconds(body: dict[str, Any], default: str = "24h") -> float:
 
 
 async def send_counted(request: web.Request, response: FileServe, traffic: Traffic, subject: str) -> FileServe:
-    """Send a file now and count its bytes (FileServe sends it all in prepare, with sendfile)."""
-    await response.prepare(request)
-    if response.status < 300:
-        await traffic.add(subject, "sent", response.content_length or 0)
+    """Send a file now and count the bytes of its body that went out (none for HEAD, 304 or 416).
+
+    A client that hangs up mid-body is normal (a player seeks or closes; a broker then drops its
+    upstream): what was sent is counted, one DEBUG line says so, and the response goes back to
+    aiohttp with its connection closed, which aiohttp finishes quietly, as it does when a client
+    leaves a response it sends itself (the local content endpoint's).
+    """
+    response.send_piece = SEND_PIECE  # so that a hang-up still tells how much went out
+    try:
+        await response.prepare(request)
+    except ConnectionError as exc:
+        if not isinstance(exc, ShareCut):  # a cut share logs its own line
+            log.debug(
+                "%s %s: connection closed after %d of %s bytes (%s)",
+                request.method,
+                request.path,
+                response.body_sent,
+                response.content_length,
+                str(exc) or type(exc).__name__,
+            )
+        response.force_close()
+        if request.transport is not None:
+            request.transport.close()  # the body is short: this connection cannot carry another response
+    finally:
+        await traffic.add(subject, "sent", response.body_sent)
     return response
 
 
@@ -128,17 +159,14 @@ class ShareApi:
         return web.json_response({"revoked": request.match_info["id"]})
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        share_id, f = await self.shares.open(request.match_info["token"])
+        shared = await self.shares.open(request.match_info["token"])
+        f, share_id = shared.file, shared.share_id
         response = ShareServe(f, self.files, self.shares, share_id, headers=content_headers(f.mime))
-        response.headers[hdrs.CONTENT_DISPOSITION] = "attachment"
+        response.headers[hdrs.CONTENT_DISPOSITION] = attachment(shared.name)  # a download, whatever its type
         response.headers[hdrs.CACHE_CONTROL] = "no-store"
-        try:
-            return await send_counted(request, response, self.traffic, f"share:{share_id}")
-        except ShareCut:
-            # It asked for more than the link had left: closed where the allowance ended (the client sees
-            # a short body). Handing the response back lets aiohttp finish it quietly.
-            await self.traffic.add(f"share:{share_id}", "sent", response.taken)
-            return response
+        # A request for more than the link has left is cut where the allowance ends (ShareCut):
+        # the client sees a short body, as when it hangs up itself.
+        return await send_counted(request, response, self.traffic, f"share:{share_id}")
 
 
 def absolute_path(path: str) -> Path:
@@ -269,9 +297,12 @@ class ItemsApi:
             remote = await self.broker.item(item_id)
             pinned = await self.pins.local_file(remote.content_hash)
             if pinned is not None:
-                return file_response(pinned, self.files, cache=REVALIDATE)
+                return named(file_response(pinned, self.files, cache=REVALIDATE), remote)
             return await self.broker.stream(request, item_id)
-        return file_response(f, self.files, cache=REVALIDATE)
+        response = file_response(f, self.files, cache=REVALIDATE)
+        if hdrs.CONTENT_DISPOSITION in response.headers:  # only types sent as a download need the item
+            named(response, await self.cma.get_item(item_id))
+        return response
 
     async def poster(self, request: web.Request) -> web.StreamResponse:
         principal_of(request)

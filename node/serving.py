@@ -15,21 +15,26 @@ If-Unmodified-Since, If-None-Match, If-Modified-Since), one byte range with
 If-Range by strong entity tag or date (anything else gets the whole file with
 200, as RFC 9110 section 14.2 allows; a range past the end gets 416), and the
 body through ``os.sendfile``: straight away while the socket takes it, then
-through ``loop.sendfile`` for the rest.
+through ``loop.sendfile`` for the rest. ``body_sent`` says how much of the body
+went out, also when the client hangs up half-way (to within ``send_piece``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import mimetypes
 import os
+import re
 import stat as stat_mod
 import time
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -42,6 +47,61 @@ OPEN_FILES = 64
 # never changes, but a file referenced in place (a watched folder or a Plex library)
 # can be replaced by its owner; after this long the next request sees the new one.
 REVALIDATE_AFTER = 2.0
+# A response whose bytes are counted gives its body to loop.sendfile in pieces of this many
+# bytes: when the client hangs up, what went out is then known to within one piece (loop.sendfile
+# does not tell how much of a call it sent before failing). One stream at full speed through
+# loopback runs about 5% slower in 4 MiB pieces than in one call, so uncounted responses (a
+# member's own content URL) keep the one call.
+SEND_PIECE = 4 * 1024 * 1024
+
+# File names offered for downloads (Content-Disposition): at most this many characters before the
+# extension; extensions for the types that mimetypes names oddly or not at all.
+MAX_NAME = 150
+_EXTENSIONS = {
+    "video/x-matroska": ".mkv",
+    "audio/ogg": ".ogg",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "video/mp2t": ".ts",
+    "application/octet-stream": "",
+}
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
+_NOT_IN_NAMES = frozenset('/\\:*?"<>|')  # separators, and what Windows refuses in a file name
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 ._()+,&!=@~-]+")  # the ASCII fallback: no quotes, no escapes
+
+
+def _clean(text: str) -> str:
+    """One line of text fit for a file name: no control or format characters, no separators."""
+    out = "".join("_" if c in _NOT_IN_NAMES else " " if unicodedata.category(c)[0] in "CZ" else c for c in text)
+    return " ".join(out.split()).strip(" .")[:MAX_NAME].strip(" .")
+
+
+def download_name(title: str, mime: str, original_name: str = "") -> str:
+    """The name to save an item under: its title, with the extension of the file it came from,
+    or else one for its type (none for an unknown type)."""
+    suffix = os.path.splitext(original_name)[1]
+    if not _SUFFIX.fullmatch(suffix):
+        suffix = _EXTENSIONS[mime] if mime in _EXTENSIONS else (mimetypes.guess_extension(mime, strict=False) or "")
+    stem = _clean(title) or _clean(os.path.splitext(original_name)[0]) or "download"
+    if suffix and stem.lower().endswith(suffix.lower()):
+        suffix = ""  # a title that already ends with it
+    return stem + suffix
+
+
+def attachment(name: str) -> str:
+    """Content-Disposition for a download saved as ``name`` (RFC 6266): ``filename`` in plain ASCII
+    for every client, and the exact name as ``filename*`` (RFC 8187) when it is not plain ASCII."""
+    stem, suffix = os.path.splitext(name)
+    plain = [
+        _NOT_PLAIN.sub("_", unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode())
+        for part in (stem, suffix)
+    ]
+    stem = plain[0].strip(" .")
+    fallback = (stem if stem.strip("_") else "download") + plain[1]
+    value = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        value += "; filename*=UTF-8''" + quote(name, safe="!#$&+^`|~")
+    return value
 
 
 @dataclass
@@ -163,6 +223,8 @@ class FileServe(web.StreamResponse):
         super().__init__(headers=headers)
         self._path = path
         self._files = files
+        self.body_sent = 0  # bytes of the body handed to the network so far (none for HEAD, 304, 416)
+        self.send_piece: int | None = None  # None: the body in one loop.sendfile call (see SEND_PIECE)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared:
@@ -239,6 +301,8 @@ class FileServe(web.StreamResponse):
         return etag if date is not None and int(st.st_mtime) <= date.timestamp() else "\0"
 
     async def _sendfile(self, request: web.BaseRequest, f: io.BufferedReader, span: ByteRange) -> None:
+        """Send ``span`` of ``f``, adding to ``body_sent`` as it goes; a client that hangs up raises
+        ConnectionError (ConnectionResetError, BrokenPipeError, or a plain one from asyncio)."""
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection lost")
@@ -254,7 +318,14 @@ class FileServe(web.StreamResponse):
                         break
                     offset += sent
                     count -= sent
+                    self.body_sent += sent
             except (BlockingIOError, InterruptedError):
                 pass  # the socket buffer is full: loop.sendfile waits for room
-        if count:
-            await asyncio.get_running_loop().sendfile(transport, f, offset, count)
+        loop = asyncio.get_running_loop()
+        while count:
+            sent = await loop.sendfile(transport, f, offset, min(count, self.send_piece or count))
+            if not sent:
+                raise ConnectionResetError("the file ended before its size")  # truncated under us
+            offset += sent
+            count -= sent
+            self.body_sent += sent

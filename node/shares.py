@@ -27,13 +27,14 @@ import io
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from node.service import ContentManager
-from node.serving import FileServe, OpenFiles
+from node.serving import FileServe, OpenFiles, download_name
 from node.store import CmaStore
 from priv_network.errors import Forbidden, InvalidInput, NotFound
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
@@ -43,6 +44,7 @@ from priv_network.ranges import ByteRange
 log = logging.getLogger(__name__)
 
 MAX_SHARE_TTL = 365 * 86400
+MAX_SHARE_DOWNLOADS = 1_000_000
 _SHARE_ID_LEN = 24
 CHUNK = 1024 * 1024  # a share download is sent, and counted, in pieces of at most this many bytes
 MARGIN = 16 * 1024 * 1024  # at most this (and an eighth of the file) beyond N downloads, for broken connections
@@ -64,12 +66,34 @@ class _Allowance:
     margin: int  # bytes it may still send beyond them (what broken connections lost in flight)
 
 
+@dataclass(frozen=True)
+class SharedFile:
+    """What a valid link opens: the file, and the name a browser should save it under."""
+
+    share_id: str
+    file: ContentFile
+    name: str
+
+
+# The name of the member owning a peer's item this node knows (from its registry), or None.
+OwnerName = Callable[[str], Awaitable[str | None]]
+
+
 class Shares:
-    def __init__(self, *, store: CmaStore, cma: ContentManager, identity: NodeIdentity, url: str) -> None:
+    def __init__(
+        self,
+        *,
+        store: CmaStore,
+        cma: ContentManager,
+        identity: NodeIdentity,
+        url: str,
+        owner_name: OwnerName | None = None,
+    ) -> None:
         self._store = store
         self._cma = cma
         self._identity = identity
         self._url = url
+        self._owner_name = owner_name
         self._allowances: dict[str, _Allowance] = {}
         self._counting = asyncio.Lock()  # one download counted at a time, so two requests do not both count one
 
@@ -82,13 +106,18 @@ class Shares:
 
     async def create(self, item_id: str, ttl: float, downloads: int | None) -> dict[str, Any]:
         try:
-            await self._cma.get_item(item_id)
+            item = await self._cma.get_item(item_id)
         except NotFound:
+            owner = await self._owner_name(item_id) if self._owner_name is not None else None
+            if owner is not None:  # a peer's item (pinned here, or known from the registry)
+                raise Forbidden(
+                    f"{item_id} belongs to {owner}: only its owner can share it", code="not_owner"
+                ) from None
             raise NotFound(f"no item {item_id} on this node (only an item's owner can share it)") from None
         if not 60 <= ttl <= MAX_SHARE_TTL:
-            raise InvalidInput("--ttl must be between 1 minute and 365 days")
-        if downloads is not None and not 1 <= downloads <= 1_000_000:
-            raise InvalidInput("--downloads must be a positive number")
+            raise InvalidInput("ttl must be between 1 minute and 365 days")
+        if downloads is not None and not 1 <= downloads <= MAX_SHARE_DOWNLOADS:
+            raise InvalidInput(f"downloads must be between 1 and {MAX_SHARE_DOWNLOADS}")
         now = time.time()
         row = {
             "id": secrets.token_hex(_SHARE_ID_LEN // 2),
@@ -100,7 +129,7 @@ class Shares:
             "revoked": False,
         }
         await self._store.insert_share(row)
-        return self.to_json(row)
+        return self.to_json({**row, "title": item.title})
 
     def to_json(self, row: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
@@ -164,8 +193,8 @@ class Shares:
             allowance.credit += back
             allowance.margin -= back
 
-    async def open(self, token: str) -> tuple[str, ContentFile]:
-        """Check a link and return (share id, file); ShareRefused says why not."""
+    async def open(self, token: str) -> SharedFile:
+        """Check a link and return what it opens; ShareRefused says why not."""
         share_id, _, sig = token.partition(".")
         row = await self._store.get_share(share_id) if len(share_id) == _SHARE_ID_LEN else None
         if row is None:
@@ -184,7 +213,11 @@ class Shares:
             raise ShareRefused("this link has expired")
         if self._used_up(row):
             raise ShareRefused("this link has been used up")
-        return share_id, await self._cma.content_file(row["item_id"])
+        item = await self._store.get_item(row["item_id"])
+        if item is None:  # removed meanwhile (its links go with it)
+            raise ShareRefused("this link is not valid")
+        name = download_name(item["title"], item["mime"], item["original_name"])
+        return SharedFile(share_id, await self._cma.content_file(row["item_id"]), name)
 
 
 class ShareServe(FileServe):

@@ -89,7 +89,7 @@ async def _mapped(request: web.Request, handler: Handler) -> web.StreamResponse:
                     resp.headers[name] = exc.headers[name]
             return resp
         raise
-    except (ConnectionResetError, TimeoutError):
+    except (ConnectionError, TimeoutError):  # the client left; not the node's error
         raise
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request[REQUEST_ID])

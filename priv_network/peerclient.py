@@ -34,8 +34,9 @@ class RelayEnded(ConnectionResetError):
     """A relayed transfer ended on this node's side: its own client left, or the relay cut it on purpose.
 
     Raised inside ``PeerClient.stream``'s block, it passes through unchanged: it
-    is not the peer's failure. Being a ``ConnectionError``, aiohttp's server
-    drops the client connection quietly when a handler raises it.
+    is not the peer's failure. The handler then returns its response with the
+    connection closed (aiohttp logs a ``ConnectionError`` raised out of a
+    handler as an error, with a traceback).
     """
 
 

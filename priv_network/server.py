@@ -228,7 +228,13 @@ class Node:
             cma=self.cma, folders=list(config.folders.paths), visibility=config.folders.visibility
         )
         self.users = Users(store=self.cma_store, cma=self.cma)
-        self.shares = Shares(store=self.cma_store, cma=self.cma, identity=identity, url=config.node.public_url)
+        self.shares = Shares(
+            store=self.cma_store,
+            cma=self.cma,
+            identity=identity,
+            url=config.node.public_url,
+            owner_name=self.owner_name,
+        )
         self.pinner = Pinner(broker=self.broker, pins=self.pins, store=self.registry_store, traffic=self.traffic)
         self.registry.after_round(self.broker.forget)  # before reconcile, which asks the broker
         self.registry.after_round(self.pinner.reconcile)
@@ -280,6 +286,11 @@ class Node:
 
     async def _deliver_outbox(self) -> None:
         await self.community_service.deliver()
+
+    async def owner_name(self, item_id: str) -> str | None:
+        """The name of the member owning a peer's item the registry knows (Shares names it when refusing)."""
+        hits = await self.registry.search_ids([item_id])
+        return hits[0].node_name if hits and not hits[0].local else None
 
     async def peer_seen(self, node_id: str) -> None:
         await self.network.peer_seen(node_id)

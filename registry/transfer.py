@@ -317,9 +317,16 @@ class Broker:
                         )
                     finally:
                         await self.traffic.add(f"peer:{source.node_id}", "received", upstream.content.total_bytes)
-            except ViewerLeft:
-                log.debug("the viewer of %s left before the end of its range", item.id)
-                raise
+            except RelayEnded as ended:
+                # The viewer left (a seek, a closed player), or a bad block cut the relay (logged and
+                # penalised already). Raised out of the handler, aiohttp would log it as an error with
+                # a traceback: the response goes back instead, its connection closed, and aiohttp
+                # finishes it quietly.
+                log.debug("brokered %s ended early: %s", item.id, ended)
+                response.force_close()
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             except (PeerUnreachable, NotFound, Forbidden) as exc:
                 if response.prepared:
                     raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import re
 import secrets
@@ -21,7 +22,11 @@ import aiohttp
 import pytest
 
 import node.shares
+from priv_network import commands
+from priv_network.client import AdminClient
+from priv_network.errors import Forbidden, PrivNetworkError
 from tests.network.conftest import NetNode, Network, eventually, group, write_file
+from tests.network.test_stream import hang_up, served_like_serve, server_errors
 
 
 async def share(owner: NetNode, item_id: str, **body: Any) -> dict[str, Any]:
@@ -67,13 +72,14 @@ async def test_share_link_downloads_and_resumes(owner: tuple[NetNode, dict[str, 
     link = await share(a, item["id"], ttl="2h", downloads=2)
     assert re.fullmatch(re.escape(a.url) + r"/s/[0-9a-f]{24}\.[A-Za-z0-9_-]+", link["url"]), link["url"]
     assert (link["item_id"], link["max_downloads"], link["downloads"], link["state"]) == (item["id"], 2, 0, "active")
+    assert link["title"] == "Wedding Video"
     assert time.time() + 7100 < link["expires_at"] <= time.time() + 7200
 
     # The download starts, and is cut after a first piece.
     async with aiohttp.ClientSession() as outsider:
         async with outsider.get(link["url"]) as resp:
             assert resp.status == 200
-            assert resp.headers["Content-Disposition"] == "attachment"
+            assert resp.headers["Content-Disposition"] == 'attachment; filename="Wedding Video.bin"'
             assert resp.headers["Cache-Control"] == "no-store"
             assert int(resp.headers["Content-Length"]) == len(data)
             got = await resp.content.readexactly(100_000)
@@ -229,16 +235,35 @@ async def test_only_the_owner_shares_and_input_is_checked(network: Network, tmp_
     await b.sync()
     assert [h["id"] for h in await b.search("film")] == [item["id"]]
 
+    # A peer's item this node knows is named as such, with its owner.
     reply = await b.call("POST", "/api/v1/shares", json={"id": item["id"]})
+    assert (reply.status, reply.data["error"]["code"]) == (403, "not_owner"), reply
+    assert reply.message == f"{item['id']} belongs to alpha: only its owner can share it"
+    # The same once B holds a copy (a pin), and through the CLI: one line, exit code 1.
+    await b.api("POST", "/api/v1/pins", json={"id": item["id"]})
+
+    async def pinned() -> bool:
+        return [p["state"] for p in (await b.api("GET", "/api/v1/pins"))["pins"]] == ["complete"]
+
+    await eventually(pinned, what="B's pin to complete")
+    args = commands.build_parser().parse_args(["share", item["id"]])
+    async with AdminClient(b.url, b.token) as client:
+        with pytest.raises(PrivNetworkError) as refused:
+            await args.remote(client, args, io.StringIO())
+    assert refused.value.message == f"{item['id']} belongs to alpha: only its owner can share it"
+    assert isinstance(refused.value, Forbidden)  # `priv-network share` prints it as one line and exits 1
+    # An item nobody here knows of.
+    unknown = "a" * 26
+    reply = await b.call("POST", "/api/v1/shares", json={"id": unknown})
     assert reply.status == 404, reply
-    assert "only an item's owner can share it" in reply.message
+    assert reply.message == f"no item {unknown} on this node (only an item's owner can share it)"
     assert (await b.api("GET", "/api/v1/shares")) == {"shares": []}
 
     for body, words in (
         ({"id": item["id"], "ttl": "10s"}, "between 1 minute and 365 days"),
         ({"id": item["id"], "ttl": "400d"}, "between 1 minute and 365 days"),
         ({"id": item["id"], "ttl": "soon"}, "ttl must be a duration"),
-        ({"id": item["id"], "downloads": 0}, "positive"),
+        ({"id": item["id"], "downloads": 0}, "downloads must be between 1 and 1000000"),
         ({"id": item["id"], "downloads": "3"}, "whole number"),
         ({"id": item["id"], "downloads": True}, "whole number"),
         ({}, "id must be an item ID"),
@@ -253,3 +278,75 @@ async def test_only_the_owner_shares_and_input_is_checked(network: Network, tmp_
             assert resp.status == 401
         async with session.get(f"{a.url}/api/v1/shares") as resp:
             assert resp.status == 401
+
+
+async def test_a_link_whose_client_hangs_up(network: Network, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A download stopped half-way (the browser's Cancel, a lost connection) is normal: no error in
+    the owner's log, the bytes that went out are counted, and the download can resume."""
+    a = await network.node("alpha")
+    size = 24 * 1024 * 1024  # more than the socket buffers hold: the owner is mid-send when the client goes
+    data = secrets.token_bytes(size)
+    item = (await a.add(write_file(tmp_path, "Big Film.bin", data)))[0]
+    link = await share(a, item["id"], downloads=2)
+
+    async def sent() -> int:
+        traffic = (await a.api("GET", "/api/v1/status"))["traffic"]
+        return int(traffic.get(f"share:{link['id']}", {}).get("sent", 0))
+
+    async with served_like_serve(a):
+        caplog.clear()
+        assert await hang_up(link["url"], {}, read=100_000) == 200
+
+        async def settled() -> bool:
+            return bool(server_errors(caplog)) or await sent() > 100_000
+
+        await eventually(settled, what="the owner to count what it sent before the client hung up")
+        assert server_errors(caplog) == []
+        assert 100_000 < await sent() < size
+        # The link is still good for the rest.
+        status, _headers, rest = await download(link["url"], {"Range": "bytes=100000-"})
+        assert (status, rest) == (206, data[100_000:])
+        assert server_errors(caplog) == []
+
+
+async def test_head_of_a_link_sends_and_uses_nothing(owner: tuple[NetNode, dict[str, Any], bytes]) -> None:
+    a, item, data = owner
+    link = await share(a, item["id"], downloads=1)
+    async with aiohttp.ClientSession() as outsider:
+        for _ in range(5):
+            async with outsider.head(link["url"]) as resp:
+                assert resp.status == 200
+                assert int(resp.headers["Content-Length"]) == len(data)
+                assert await resp.read() == b""
+    listed = (await shares_by_id(a))[link["id"]]
+    assert (listed["downloads"], listed["state"]) == (0, "active")
+
+    # The one download is whole, and is all that the link's traffic shows.
+    status, _headers, body = await download(link["url"])
+    assert (status, body) == (200, data)
+
+    async def counted() -> bool:
+        traffic = (await a.api("GET", "/api/v1/status"))["traffic"]
+        return bool(traffic.get(f"share:{link['id']}", {}).get("sent", 0) > 0)
+
+    await eventually(counted, what="the download to be counted")
+    assert (await a.api("GET", "/api/v1/status"))["traffic"][f"share:{link['id']}"]["sent"] == len(data)
+    assert (await shares_by_id(a))[link["id"]]["downloads"] == 1
+
+
+async def test_a_download_is_saved_under_the_items_title(network: Network, tmp_path: Path) -> None:
+    a = await network.node("alpha")
+    plain = (await a.add(write_file(tmp_path, "holiday.mkv"), title="Summer 2024"))[0]
+    fancy = (await a.add(write_file(tmp_path, "x.mp4"), title='Été "à" Zürich/Genève'))[0]
+    bare = (await a.add(write_file(tmp_path, "notes"), title="Notes"))[0]
+    expected = {
+        plain["id"]: 'attachment; filename="Summer 2024.mkv"',
+        fancy["id"]: 'attachment; filename="Ete _a_ Zurich_Geneve.mp4"; '
+        "filename*=UTF-8''%C3%89t%C3%A9%20_%C3%A0_%20Z%C3%BCrich_Gen%C3%A8ve.mp4",
+        bare["id"]: 'attachment; filename="Notes"',
+    }
+    for item_id, disposition in expected.items():
+        link = await share(a, item_id)
+        async with aiohttp.ClientSession() as outsider, outsider.head(link["url"]) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Disposition"] == disposition  # a download, even of a video type

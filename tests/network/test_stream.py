@@ -8,17 +8,26 @@ requested bytes on. When A is down, a member holding a verified pinned copy
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import random
 import secrets
+import socket
+import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from multidict import CIMultiDictProxy
+from yarl import URL
 
+from priv_network.server import create_app
+from priv_network.signing import Signer
 from tests.media import make_video
 from tests.network.conftest import NetNode, Network, eventually, group, signed_request, write_file
 
@@ -286,3 +295,138 @@ async def test_a_holder_serves_when_the_owner_is_down(network: Network, tmp_path
     assert (status, body) == (206, binary[1000000:2000000])
     assert headers["Content-Range"] == f"bytes 1000000-1999999/{len(binary)}"
     assert (await traffic(c))[f"peer:{a.node_id}"]["received"] == received_from_a
+
+
+async def hang_up(url: str, headers: dict[str, str], *, method: str = "GET", read: int = 256 * 1024) -> int:
+    """A client that hangs up mid-body, as a player does when it seeks or closes: ``read`` bytes of
+    the body, then the connection is reset. A raw socket with a small receive buffer, so that the
+    server is still sending when it goes. Returns the response's status."""
+    url_ = URL(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (url_.host, url_.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        head = [f"{method} {url_.raw_path_qs} HTTP/1.1", f"Host: {url_.host}:{url_.port}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        status = int((await reader.readline()).split()[1])
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        await reader.readexactly(read)
+    finally:
+        # Closed with unread bytes, and no lingering: the server gets a reset.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+    return status
+
+
+def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Records a client's hang-up must not cause: errors, and tracebacks at any level."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@contextlib.asynccontextmanager
+async def served_like_serve(node: NetNode) -> AsyncIterator[None]:
+    """Run ``node`` as `priv-network serve` does (web.run_app): a handler whose client has gone runs
+    on to its end. (aiohttp's TestServer cancels it instead, which would hide what happens then.)"""
+    await node.stop()
+    runner = web.AppRunner(create_app(node.config, node.identity), handler_cancellation=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, node.host, node.port).start()
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def long_item(network: Network, tmp_path: Path) -> AsyncIterator[tuple[NetNode, NetNode, str, int]]:
+    """A (served as `serve` does) and B in one group; A's item is larger than the socket buffers
+    hold, so that A is still sending when a client hangs up. Yields A, B, the item's federation URL
+    on A, and its size."""
+    a = await network.node("alpha", store=STORE)
+    b = await network.node("beta", store=STORE)
+    await group(a, b)
+    size = 24 * 1024 * 1024
+    item = (await a.add(write_file(tmp_path, "Long Film.bin", secrets.token_bytes(size))))[0]
+    async with served_like_serve(a):
+        yield a, b, f"{a.url}/federation/v1/content/{item['id']}", size
+
+
+async def sent_to(a: NetNode, b: NetNode) -> int:
+    return int((await traffic(a)).get(f"peer:{b.node_id}", {}).get("sent", 0))
+
+
+async def test_a_peer_that_hangs_up_is_counted_and_not_logged_as_an_error(
+    long_item: tuple[NetNode, NetNode, str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker drops its upstream when its viewer seeks or closes: the owner counts what it sent,
+    and logs no error (the acceptance run found a 50-line traceback per seek)."""
+    a, b, url, size = long_item
+    caplog.set_level(logging.DEBUG, logger="node.api")
+    caplog.clear()
+    for _ in range(3):
+        assert await hang_up(url, Signer(b.identity).sign("GET", url, b"")) == 200
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "node.api"]
+
+    # Each handler goes on after its hang-up, says so in one DEBUG line and counts what it had
+    # sent (or, before the fix, the hang-up was logged as an error): wait for one or the other.
+    async def settled() -> bool:
+        return bool(server_errors(caplog)) or len(said()) == 3
+
+    await eventually(settled, what="A to see the three hang-ups")
+    assert server_errors(caplog) == []
+    assert 3 * 256 * 1024 < await sent_to(a, b) < 3 * size
+    lines = said()
+    assert all("connection closed after " in line and f"of {size} bytes" in line for line in lines), lines
+    # The hang-ups cost A nothing: the next request is served in full.
+    status, body = await signed_request(a.session, b.identity, "GET", url, extra={"Range": "bytes=-5"})
+    assert status == 206 and len(body) == 5
+
+
+async def test_a_viewer_that_hangs_up_on_a_brokered_stream_is_not_an_error(
+    long_item: tuple[NetNode, NetNode, str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A viewer on B seeks or closes the player: B logs no error or traceback, does not blame A
+    (no "-> 502", no failure counted against A), and goes on serving."""
+    a, b, url, size = long_item
+    item_id = url.rsplit("/", 1)[1]
+    await b.sync()
+    caplog.set_level(logging.DEBUG, logger="registry.transfer")
+    async with served_like_serve(b):
+        caplog.clear()
+        for _ in range(3):
+            assert await hang_up(f"{b.url}/api/v1/items/{item_id}/content", b.auth) == 200
+
+        def ended() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "ended early" in r.getMessage()]
+
+        async def settled() -> bool:  # each of B's handlers has seen its viewer go, or failed loudly
+            return bool(server_errors(caplog)) or len(ended()) == 3
+
+        await eventually(settled, what="B to see the three hang-ups")
+        assert server_errors(caplog) == []
+        assert not [r.getMessage() for r in caplog.records if "-> 502" in r.getMessage()]
+        assert (await b.peers())[a.node_id]["failures"] == 0
+        status, headers, body = await content(b, item_id, {"Range": "bytes=-5"})
+        assert (status, len(body), headers["Content-Range"]) == (206, 5, f"bytes {size - 5}-{size - 1}/{size}")
+
+
+async def test_head_of_a_peers_content_counts_no_bytes(long_item: tuple[NetNode, NetNode, str, int]) -> None:
+    a, b, url, _size = long_item
+    for _ in range(3):
+        status, body = await signed_request(a.session, b.identity, "HEAD", url)
+        assert (status, body) == (200, b"")
+    # A 10-byte range after the HEADs: once it is counted, the HEADs would be too.
+    status, body = await signed_request(a.session, b.identity, "GET", url, extra={"Range": "bytes=0-9"})
+    assert (status, len(body)) == (206, 10)
+
+    async def counted() -> bool:
+        return await sent_to(a, b) > 0
+
+    await eventually(counted, what="the range to be counted")
+    assert await sent_to(a, b) == 10

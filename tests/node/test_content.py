@@ -402,3 +402,19 @@ async def test_item_urls_are_revalidated_not_cached_forever(library: Library) ->
     assert headers["Cache-Control"] == "private, no-cache"
     again, _, body = await fetch(library.node, library.content_url(library.video), {"If-None-Match": headers["ETag"]})
     assert (again, body) == (304, b"")
+
+
+async def test_a_type_sent_as_a_download_is_named_after_its_item(library: Library, tmp_path: Path) -> None:
+    """Types a browser may not render from the node are downloads: saved under the item's title, not
+    "content". Media stay inline."""
+    doc = tmp_path / "q3.pdf"
+    doc.write_bytes(b"%PDF-1.4 not really\n")
+    report = await library.node.api("POST", "/api/v1/items", json={"paths": [str(doc)], "title": "Quarterly Report"})
+    item = report["added"][0]
+    status, headers, body = await fetch(library.node, library.content_url(item))
+    assert (status, body) == (200, doc.read_bytes())
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Disposition"] == 'attachment; filename="Quarterly Report.pdf"'
+    status, headers, _ = await fetch(library.node, library.content_url(library.video), {"Range": "bytes=0-0"})
+    assert status == 206
+    assert "Content-Disposition" not in headers

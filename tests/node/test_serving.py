@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.serving import FileServe, OpenFiles
+from node.serving import MAX_NAME, FileServe, OpenFiles, attachment, download_name
 
 SIZE = 300_000
 
@@ -197,3 +197,73 @@ async def test_concurrent_ranges_share_one_descriptor(tmp_path: Path) -> None:
         assert all(body == data[s : s + 65536] for s, body in zip(starts, bodies, strict=True))
         assert sum(1 for fd in open_fds() if fd == str(tmp_path / "a")) == 1
     await files.close()
+
+
+@pytest.mark.parametrize(
+    ("title", "mime", "original", "name"),
+    [
+        ("Wedding Video", "application/octet-stream", "Wedding Video.bin", "Wedding Video.bin"),
+        ("Summer", "video/x-matroska", "IMG_0001.MKV", "Summer.MKV"),  # the original file's extension
+        ("Summer", "video/x-matroska", "", "Summer.mkv"),  # else one for the type
+        ("Summer", "video/mp4", "no extension", "Summer.mp4"),
+        ("Notes", "application/octet-stream", "notes", "Notes"),  # an unknown type gets none
+        ("movie.mp4", "video/mp4", "movie.mp4", "movie.mp4"),  # not twice
+        ("a/b\\c:d", "text/plain", "x.txt", "a_b_c_d.txt"),
+        ("line\none\ttab\u202egpj.exe", "video/mp4", "x.mp4", "line one tab gpj.exe.mp4"),
+        ("  ..hidden..  ", "audio/mpeg", "x.mp3", "hidden.mp3"),
+        ("\x00\x01", "audio/mpeg", "Track 1.mp3", "Track 1.mp3"),  # nothing left of the title
+        ("", "audio/mpeg", "", "download.mp3"),
+        ("x" * 400, "video/mp4", "x.mp4", "x" * MAX_NAME + ".mp4"),
+    ],
+)
+def test_download_names(title: str, mime: str, original: str, name: str) -> None:
+    assert download_name(title, mime, original) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Wedding Video.bin", 'attachment; filename="Wedding Video.bin"'),
+        (
+            "Été à Zürich.mkv",
+            "attachment; filename=\"Ete a Zurich.mkv\"; filename*=UTF-8''%C3%89t%C3%A9%20%C3%A0%20Z%C3%BCrich.mkv",
+        ),
+        ("日本語.mp4", "attachment; filename=\"download.mp4\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.mp4"),
+        (
+            'it\'s "quoted" 100%.txt',
+            "attachment; filename=\"it_s _quoted_ 100_.txt\"; filename*=UTF-8''it%27s%20%22quoted%22%20100%25.txt",
+        ),
+    ],
+)
+def test_attachment_has_a_plain_fallback_and_the_exact_name(name: str, value: str) -> None:
+    assert attachment(name) == value
+
+
+async def test_body_sent_counts_the_bytes_of_the_body_only(tmp_path: Path) -> None:
+    data = write(tmp_path / "a", secrets.token_bytes(SIZE))
+    files = OpenFiles()
+    sent: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = FileServe(tmp_path / "a", files)
+        await response.prepare(request)  # sent inside the handler, as the counted endpoints do
+        sent.append(response.body_sent)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/a", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/a")
+        assert await resp.read() == data
+        etag = resp.headers["ETag"]
+        for method, headers in [
+            ("HEAD", {}),
+            ("GET", {"Range": "bytes=10-19"}),
+            ("GET", {"If-None-Match": etag}),
+            ("GET", {"Range": f"bytes={SIZE}-"}),
+            ("HEAD", {"Range": "bytes=0-99"}),
+        ]:
+            async with client.request(method, "/a", headers=headers) as resp:
+                await resp.read()
+    await files.close()
+    assert sent == [SIZE, 0, 10, 0, 0, 0]
