@@ -289,9 +289,9 @@ class Network:
     # -- invites ------------------------------------------------------------
     async def create_invite(self, ttl: float, uses: int) -> str:
         if not 60 <= ttl <= MAX_INVITE_TTL:
-            raise InvalidInput("--ttl must be between 1 minute and 365 days")
+            raise InvalidInput("ttl must be between 1 minute and 365 days")
         if not 1 <= uses <= MAX_INVITE_USES:
-            raise InvalidInput(f"--uses must be between 1 and {MAX_INVITE_USES}")
+            raise InvalidInput(f"uses must be between 1 and {MAX_INVITE_USES}")
         invite_id = secrets.token_hex(16)
         secret = secrets.token_urlsafe(24)
         now = time.time()

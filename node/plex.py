@@ -215,9 +215,9 @@ class PlexImport:
 
     async def run(self, url: str, token: str, section: str | None, visibility: str) -> PlexReport:
         if not url.startswith(("http://", "https://")):
-            raise InvalidInput("--url must be the Plex server's http(s) address")
+            raise InvalidInput("the Plex URL must be the server's http(s) address")
         if not token.strip():
-            raise InvalidInput("--token must not be empty")
+            raise InvalidInput("the Plex token must not be empty")
         async with self._lock:
             loop = asyncio.get_running_loop()
             entries, notes = await loop.run_in_executor(self._executor, fetch_library, url, token, section)

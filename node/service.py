@@ -492,7 +492,7 @@ class ContentManager:
         protected = await self._run(self._protected)
         candidates, failed, warnings = await self._run(_collect, [str(p) for p in paths], protected)
         if title is not None and len(candidates) != 1:
-            raise InvalidInput(f"--title names one item, but {len(candidates)} files were given")
+            raise InvalidInput(f"a title names one item, but {len(candidates)} files were given")
         report = IngestReport(failed=failed, warnings=warnings)
         known = await self._store.source_files_for([str(c.path) for c in candidates])
         existing_items = await self._store.items_by_hashes(v[2] for v in known.values())

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from priv_network import __version__
 from priv_network.client import AdminClient
-from priv_network.config import DATA_ENV, Config, load_config, parse_listen
+from priv_network.config import DATA_ENV, Config, load_config, parse_duration, parse_listen
 from priv_network.errors import ConfigError, NotFound, PrivNetworkError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -75,6 +75,12 @@ def usage_hint(words: Sequence[str], error: str, *, prog: str = "priv-network", 
     if dashed and "arguments are required" in error:
         example = " ".join(w for w in (prog, command, "--", shlex.quote(dashed[0])) if w)
         return f"to pass a value that starts with '-', put -- before it: {example}"
+    option = re.search(r"argument (--[\w-]+): expected one argument", error)
+    if option and option.group(1) in rest:
+        after = rest[rest.index(option.group(1)) + 1 : rest.index(option.group(1)) + 2]
+        if after and after[0].startswith("-") and after[0] != "--":
+            joined = shlex.quote(f"{option.group(1)}={after[0]}")
+            return f"to pass a value that starts with '-', join it to the option: {joined}"
     return ""
 
 
@@ -134,6 +140,7 @@ async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]
             ["URL", status["url"]],
             ["version", status["version"]],
             ["items", str(status["items"])],
+            ["pinned copies", await _pinned(client)],
             ["store size", _human_size(status["store_bytes"])],
             ["free disk", _human_size(status["free_bytes"])],
         ],
@@ -141,11 +148,44 @@ async def cmd_status(client: AdminClient, args: argparse.Namespace, out: IO[str]
     )
     traffic = status.get("traffic") or {}
     if traffic:
+        names = await _member_names(client) if any(k.startswith("peer:") for k in traffic) else {}
+        labelled = sorted(((_traffic_label(k, names), v) for k, v in traffic.items()), key=_peers_first)
         out.write("\n")
         rows = [["TRAFFIC", "SENT", "RECEIVED"]]
-        rows += [[k, _human_size(v["sent"]), _human_size(v["received"])] for k, v in sorted(traffic.items())]
+        rows += [[label, _human_size(v["sent"]), _human_size(v["received"])] for label, v in labelled]
         _table(rows, out)
     return EXIT_OK
+
+
+async def _pinned(client: AdminClient) -> str:
+    """Pinned copies of peers' items (in the store size, not in items): "4 (312.0 MiB)"."""
+    pins = (await client.get("/api/v1/pins"))["pins"]
+    complete = [p for p in pins if p.get("state") == "complete"]
+    text = f"{len(complete)} ({_human_size(sum(int(p.get('size') or 0) for p in complete))})"
+    if len(pins) > len(complete):
+        text += f", {len(pins) - len(complete)} not complete (`pins` shows them)"
+    return text
+
+
+async def _member_names(client: AdminClient) -> dict[str, str]:
+    """Node ID -> name of every member this node knows, former ones too; {} if the list cannot be had."""
+    try:
+        members = (await client.get("/api/v1/network/members"))["members"]
+        return {str(m["node_id"]): str(m["name"]) for m in members}
+    except (PrivNetworkError, KeyError, TypeError):
+        return {}
+
+
+def _peers_first(row: tuple[str, Any]) -> tuple[bool, str]:
+    return row[0].startswith("share:"), row[0].casefold()
+
+
+def _traffic_label(subject: str, names: dict[str, str]) -> str:
+    """A traffic subject as `status` shows it: "peer:ID" as "NAME (ID8…)"; "share:ID" as it is."""
+    kind, _, key = subject.partition(":")
+    if kind == "peer" and key in names:
+        return f"{names[key]} ({key[:8]}\u2026)"
+    return subject
 
 
 async def cmd_add(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
@@ -254,22 +294,100 @@ async def cmd_search(client: AdminClient, args: argparse.Namespace, out: IO[str]
     if not hits:
         out.write("no results\n")
         return EXIT_OK
-    rows = [["ID", "KIND", "DURATION", "OWNER", "TITLE"]]
+    rows = [["ID", "KIND", "DURATION", "OWNER", "COPIES", "TITLE"]]
     for hit in hits:
         owner = hit["node_name"] + ("" if hit["online"] else " (offline)")
         duration = f"{hit['duration']:.0f}s" if hit.get("duration") else ""
-        rows.append([hit["id"], hit["kind"], duration, owner, hit["title"]])
+        rows.append([hit["id"], hit["kind"], duration, owner, _copies(hit.get("holders") or []), hit["title"]])
     _table(rows, out)
     return EXIT_OK
 
 
+COPIES_WIDTH = 24  # the COPIES column of `search`: names past this are counted (+N), not shown
+_NAME_WIDTH = 16
+
+
+def _copies(holders: Sequence[dict[str, Any]], width: int = COPIES_WIDTH) -> str:
+    """The members holding a complete copy, as ``search`` shows them: "carol, dave (offline) +2".
+
+    Online holders first (they can serve it now); names are cut to keep the column narrow.
+    """
+    names = []
+    for h in sorted(holders, key=lambda h: not h.get("online")):
+        name = str(h.get("name") or h.get("node", "?"))
+        if len(name) > _NAME_WIDTH:
+            name = name[: _NAME_WIDTH - 1] + "\u2026"
+        names.append(name + ("" if h.get("online") else " (offline)"))
+    shown: list[str] = []
+    for i, name in enumerate(names):
+        more = len(names) - i - 1
+        line = ", ".join([*shown, name]) + (f" +{more}" if more else "")
+        if shown and len(line) > width:
+            break
+        shown.append(name)
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" +{more}" if more else "")
+
+
+async def _item_hit(client: AdminClient, item: dict[str, Any]) -> dict[str, Any] | None:
+    """The registry's search entry of ``item`` (owner's name and state, members holding a copy), or None.
+
+    ``GET /api/v1/items/{id}`` answers the item as its owner publishes it; who else holds
+    it is the registry's, which search answers. So: search the item's title among its
+    owner's items and pick it out by ID. That finds it unless the title has no searchable
+    word or more than SEARCH_MAX of the owner's items match it; then the caller does without.
+    """
+    if "holders" in item and "node_name" in item:  # the item API answered them itself
+        return item
+    title, owner = str(item.get("title") or ""), str(item.get("node") or "")
+    if not title.strip() or not owner:
+        return None
+    try:
+        hits = (await client.get("/api/v1/search", q=title, node=owner, limit=str(SEARCH_MAX)))["results"]
+    except (PrivNetworkError, KeyError, TypeError):
+        return None
+    return next((h for h in hits if isinstance(h, dict) and h.get("id") == item.get("id")), None)
+
+
 async def cmd_item(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
-    item = await client.get(f"/api/v1/items/{args.id}")
+    item = await client.get(f"/api/v1/items/{quote(args.id, safe='')}")
     if args.json:
         out.write(json.dumps(item, indent=2) + "\n")
-    else:
-        _table([[k, "" if v is None else str(v)] for k, v in item.items()], out)
+        return EXIT_OK
+    rows = [[k, "" if v is None else str(v)] for k, v in item.items() if k not in ("holders", "node_name", "online")]
+    extra: list[list[str]] = []
+    hit = await _item_hit(client, item)
+    if hit is not None:
+        if hit.get("local"):
+            owner = f"{hit['node_name']} (this node)"
+        else:
+            owner = str(hit["node_name"]) + ("" if hit.get("online") else " (offline)")
+        holders = hit.get("holders") or []
+        copies = ", ".join(
+            str(h.get("name") or h.get("node")) + ("" if h.get("online") else " (offline)")
+            for h in sorted(holders, key=lambda h: not h.get("online"))
+        )
+        extra = [["owner", owner], ["copies", copies or "none"]]
+    elif item.get("node"):
+        extra = [["owner", await _owner(client, str(item["node"]))]]
+    at = next((i for i, row in enumerate(rows) if row[0] == "node"), len(rows) - 1) + 1
+    rows[at:at] = extra
+    _table(rows, out)
     return EXIT_OK
+
+
+async def _owner(client: AdminClient, node_id: str) -> str:
+    """A node's name and state from the member list: "alice", "alice (offline)", "bob (this node)"."""
+    try:
+        status = await client.get("/api/v1/status")
+        if status["node_id"] == node_id:
+            return f"{status['name']} (this node)"
+        peer = next((p for p in (await client.get("/api/v1/peers"))["peers"] if p["node_id"] == node_id), None)
+    except (PrivNetworkError, KeyError, TypeError):
+        return node_id
+    if peer is None:
+        return node_id
+    return str(peer["name"]) + ("" if peer.get("online") else " (offline)")
 
 
 async def cmd_visibility(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
@@ -380,15 +498,15 @@ async def cmd_pin(client: AdminClient, args: argparse.Namespace, out: IO[str]) -
         await asyncio.sleep(0.5)
         pin = next((p for p in (await client.get("/api/v1/pins"))["pins"] if p["id"] == args.id), pin)
     out.write(f"{pin['id']}  {pin['state']}  {pin['progress']:.0%}  {pin['title']}\n")
-    back = "it continues when the owner or a member holding a copy is back"
+    # The node's note says why, and when (or whether) it is tried again.
     if pin["state"] == "waiting":
         if args.wait:
             out.flush()
-            raise PrivNetworkError(f"pin recorded but not started: {pin['error']} ({back})", code="pin_waiting")
+            raise PrivNetworkError(f"pin recorded but not started: {pin['error']}", code="pin_waiting")
         out.write(f"queued: {pin['error']}\n")
     elif args.wait and pin["state"] != "complete":
         out.flush()
-        raise PrivNetworkError(f"pin paused: {pin['error']} ({back})", code="pin_paused")
+        raise PrivNetworkError(f"pin paused: {pin['error']}", code="pin_paused")
     return EXIT_OK
 
 
@@ -620,6 +738,75 @@ async def cmd_token_revoke(client: AdminClient, args: argparse.Namespace, out: I
     return EXIT_OK
 
 
+# The node's limits (node/shares.py, node/network.py), checked here as well so that a value out
+# of range is bad usage (exit 2) before anything is sent; the node checks them again for the API.
+SHARE_TTL = (60.0, 365 * 86400.0)
+MAX_SHARE_DOWNLOADS = 1_000_000
+INVITE_TTL = (60.0, 365 * 86400.0)
+MAX_INVITE_USES = 1000
+MAX_PORT = 65535
+DEMO_NODES = 3  # `demo` listens on --port-base and the next two ports
+_DIGITS = re.compile(r"^\s*\+?[0-9]+\s*$")
+
+
+def _span_words(seconds: float) -> str:
+    """A limit as a person says it: "1 minute", "365 days"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds:g} seconds"
+
+
+def duration_arg(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: a duration such as 30m, 24h or 7d within [low, high], in seconds."""
+
+    def duration(value: str) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"not a duration: {value[:40]!r} (use e.g. 30m, 24h, 7d)") from None
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be between {_span_words(low)} and {_span_words(high)}, not {value.strip()[:40]}"
+            )
+        return seconds
+
+    return duration
+
+
+def count_arg(high: int, low: int = 1) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``."""
+
+    def count(value: str) -> int:
+        shown = value.strip()[:40] + ("..." if len(value.strip()) > 40 else "")
+        try:
+            n = int(value)
+        except ValueError:
+            if _DIGITS.match(value):  # more digits than Python converts: too large all the same
+                raise argparse.ArgumentTypeError(f"must be at most {high}, not {shown}") from None
+            raise argparse.ArgumentTypeError(f"not a whole number: {shown!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {shown}")
+        if n > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, not {shown}")
+        return n
+
+    return count
+
+
+def _http_url(value: str) -> str:
+    if not value.strip().startswith(("http://", "https://")):  # as the node checks it
+        raise argparse.ArgumentTypeError(f"must be an http(s) address such as http://127.0.0.1:32400, not {value!r}")
+    return value.strip()
+
+
+def _not_empty(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def _search_limit(value: str) -> int:
     try:
         limit = int(value)
@@ -662,7 +849,13 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("demo", help="run a local three-node group with sample media (Ctrl-C stops it)")
     p.add_argument("--dir", metavar="DIR", help="where the three data folders go (default: a new temp folder)")
-    p.add_argument("--port-base", type=int, default=8701, help="alice listens on this port, bob +1, carol +2")
+    p.add_argument(
+        "--port-base",
+        type=count_arg(MAX_PORT - DEMO_NODES + 1),
+        default=8701,
+        metavar="PORT",
+        help="alice listens on this port, bob +1, carol +2",
+    )
     p.set_defaults(local="demo")
 
     p = sub.add_parser("doctor", help="check this node's set-up and say how to fix what is wrong")
@@ -677,7 +870,7 @@ def build_parser() -> Parser:
     )
     p.set_defaults(local="db")
 
-    p = sub.add_parser("status", help="node ID, name, URL, items, store size and free disk")
+    p = sub.add_parser("status", help="node ID, name, URL, items, pinned copies, store size, free disk, traffic")
     p.add_argument("--json", action="store_true")
     p.set_defaults(remote=cmd_status)
 
@@ -737,8 +930,19 @@ def build_parser() -> Parser:
     p = sub.add_parser("share", help="make a download link of one of this node's items for someone outside")
     p.add_argument("id", metavar="ID", help="the item ID, or `revoke` followed by the link or share ID")
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
-    p.add_argument("--ttl", default="24h", help="how long the link works (default 24h)")
-    p.add_argument("--downloads", type=int, help="how many downloads it allows (default: no limit)")
+    p.add_argument(
+        "--ttl",
+        type=duration_arg(*SHARE_TTL),
+        default="24h",
+        metavar="DURATION",
+        help="how long the link works, e.g. 30m, 24h, 7d; 1 minute to 365 days (default 24h)",
+    )
+    p.add_argument(
+        "--downloads",
+        type=count_arg(MAX_SHARE_DOWNLOADS),
+        metavar="N",
+        help=f"how many downloads it allows, 1 to {MAX_SHARE_DOWNLOADS} (default: no limit)",
+    )
     p.set_defaults(remote=cmd_share)
 
     p = sub.add_parser("shares", help="list share links")
@@ -766,8 +970,8 @@ def build_parser() -> Parser:
     p.set_defaults(remote=cmd_downloads)
 
     p = sub.add_parser("import-plex", help="import movie and show sections from a Plex server")
-    p.add_argument("--url", required=True, help="the Plex server, e.g. http://127.0.0.1:32400")
-    p.add_argument("--token", required=True, help="an X-Plex-Token for it")
+    p.add_argument("--url", required=True, type=_http_url, help="the Plex server, e.g. http://127.0.0.1:32400")
+    p.add_argument("--token", required=True, type=_not_empty, help="an X-Plex-Token for it")
     p.add_argument("--section", help="only this library section")
     p.add_argument("--visibility", default="private", help="private (default), network or peers:ID,ID")
     p.add_argument("--json", action="store_true")
@@ -778,8 +982,20 @@ def build_parser() -> Parser:
     p.set_defaults(remote=cmd_scan)
 
     p = sub.add_parser("invite", help="create an invite for another node; prints only the token")
-    p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")
-    p.add_argument("--uses", type=int, default=1, help="how many nodes may join with it (default 1)")
+    p.add_argument(
+        "--ttl",
+        type=duration_arg(*INVITE_TTL),
+        default="24h",
+        metavar="DURATION",
+        help="how long the invite is valid, e.g. 30m, 24h, 7d; 1 minute to 365 days (default 24h)",
+    )
+    p.add_argument(
+        "--uses",
+        type=count_arg(MAX_INVITE_USES),
+        default=1,
+        metavar="N",
+        help=f"how many nodes may join with it, 1 to {MAX_INVITE_USES} (default 1)",
+    )
     p.set_defaults(remote=cmd_invite)
 
     p = sub.add_parser("join", help="join a group with an invite token")

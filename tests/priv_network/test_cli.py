@@ -257,6 +257,14 @@ def test_invocation_is_what_the_user_can_type(monkeypatch: pytest.MonkeyPatch, t
         ("search", "-bunny"),
         ("status", "--data", "/tmp"),
         ("init", "--name", "alice", "--url", "notaurl"),
+        ("share", "X", "--ttl", "abc"),
+        ("share", "X", "--ttl=-5m"),
+        ("share", "X", "--ttl", "2s"),
+        ("share", "X", "--downloads", "0"),
+        ("share", "X", "--downloads", "99999999999999999999"),
+        ("invite", "--ttl", "abc"),
+        ("invite", "--uses", "0"),
+        ("demo", "--port-base", "70000"),
     ],
     ids=" ".join,
 )
@@ -298,6 +306,13 @@ def test_node_commands_need_a_running_node(cli: Cli, initialized: str, args: tup
         (("search", "-bunny"), "to pass a value that starts with '-', put -- before it: priv-network search -- -bunny"),
         (("search", "x", "--limit", "0"), "--limit: must be from 1 to 200, not 0"),
         (("db",), "the following arguments are required: ACTION"),
+        (
+            ("share", "X", "--ttl", "abc"),
+            "priv-network share: argument --ttl: not a duration: 'abc' (use e.g. 30m, 24h, 7d)",
+        ),
+        (("share", "X", "--downloads", "-1"), "priv-network share: argument --downloads: must be at least 1, not -1"),
+        (("invite", "--uses", "5000"), "priv-network invite: argument --uses: must be at most 1000, not 5000"),
+        (("add", "x", "--title", "-Intro-"), "join it to the option: --title=-Intro-"),
     ],
     ids=" ".join,
 )
