@@ -161,7 +161,7 @@ class ShareApi:
     async def download(self, request: web.Request) -> web.StreamResponse:
         shared = await self.shares.open(request.match_info["token"])
         f, share_id = shared.file, shared.share_id
-        response = ShareServe(f, self.files, self.shares, share_id, headers=content_headers(f.mime))
+        response = ShareServe(f, self.files, self.shares, share_id, headers=content_headers(f.mime), left=shared.left)
         response.headers[hdrs.CONTENT_DISPOSITION] = attachment(shared.name)  # a download, whatever its type
         response.headers[hdrs.CACHE_CONTROL] = "no-store"
         # A request for more than the link has left is cut where the allowance ends (ShareCut):

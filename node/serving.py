@@ -275,6 +275,8 @@ class FileServe(web.StreamResponse):
         except RangeNotSatisfiable:
             self.headers[hdrs.CONTENT_RANGE] = f"bytes */{size}"
             return await self._empty(request, 416)
+        if span.length and request.method != hdrs.METH_HEAD:
+            self._admit(request, span)
         self.headers[hdrs.ETAG] = f'"{etag}"'
         self.headers[hdrs.LAST_MODIFIED] = entry.last_modified
         self.headers[hdrs.ACCEPT_RANGES] = "bytes"
@@ -287,6 +289,9 @@ class FileServe(web.StreamResponse):
             await self._sendfile(request, entry.file, span)
             await super().write_eof()
         return writer
+
+    def _admit(self, request: web.BaseRequest, span: ByteRange) -> None:
+        """Last word on a request before anything is sent: a subclass may raise to refuse it."""
 
     @staticmethod
     def _if_range(request: web.BaseRequest, st: os.stat_result, etag: str) -> str | None:

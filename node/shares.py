@@ -14,8 +14,10 @@ download is counted each time the bytes of the downloads counted so far run
 out. On top of that, one small margin per link (an eighth of the file, at
 most ``MARGIN``) covers what a broken connection may have lost in flight, so
 a resumed download can finish. Once the downloads are all counted and their
-bytes sent, every request (ranges too) is refused as used up; a request that
-asks for more than is left is cut off where the allowance ends. The bytes
+bytes sent, every request (ranges too) is refused as used up. A request that
+asks for more than the link has left is refused up front (403), before a
+status and length go out that it could not keep to; one that races another
+past the allowance is still cut off where the allowance ends. The bytes
 left of a counted download are kept in memory: after a restart of the node, a
 resume counts as a new download.
 """
@@ -73,6 +75,7 @@ class SharedFile:
     share_id: str
     file: ContentFile
     name: str
+    left: int | None  # bytes the link may still send (None: no limit)
 
 
 # The name of the member owning a peer's item this node knows (from its registry), or None.
@@ -148,6 +151,7 @@ class Shares:
             "expires_at": row["expires_at"],
             "max_downloads": row["max_downloads"],
             "downloads": row["downloads"],
+            "bytes_left": self.bytes_left(row, int(row["size"])) if "size" in row else None,
             "state": state,
         }
 
@@ -217,7 +221,21 @@ class Shares:
         if item is None:  # removed meanwhile (its links go with it)
             raise ShareRefused("this link is not valid")
         name = download_name(item["title"], item["mime"], item["original_name"])
-        return SharedFile(share_id, await self._cma.content_file(row["item_id"]), name)
+        f = await self._cma.content_file(row["item_id"])
+        return SharedFile(share_id, f, name, self.bytes_left(row, f.size))
+
+    def bytes_left(self, row: dict[str, Any], size: int) -> int | None:
+        """What a link may still send: the downloads not yet counted, the rest of those that were
+        (a resume), and its margin. None for a link without a download limit."""
+        if row["max_downloads"] is None:
+            return None
+        allowance = self._allowances.get(row["id"])
+        credit, margin = (allowance.credit, allowance.margin) if allowance else (0, min(size // 8, MARGIN))
+        return max(0, row["max_downloads"] - row["downloads"]) * size + max(credit, 0) + max(margin, 0)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB"
 
 
 class ShareServe(FileServe):
@@ -228,13 +246,30 @@ class ShareServe(FileServe):
     """
 
     def __init__(
-        self, f: ContentFile, files: OpenFiles, shares: Shares, share_id: str, *, headers: dict[str, str]
+        self,
+        f: ContentFile,
+        files: OpenFiles,
+        shares: Shares,
+        share_id: str,
+        *,
+        headers: dict[str, str],
+        left: int | None = None,
     ) -> None:
         super().__init__(f.path, files, headers=headers)
         self._shares = shares
         self._share_id = share_id
         self._size = f.size
+        self._left = left
         self.taken = 0  # bytes of the body drawn from the allowance (handed to the network, or about to be)
+
+    def _admit(self, request: web.BaseRequest, span: ByteRange) -> None:
+        """Refuse up front (403, with the link's page) a request the link has not enough left for,
+        rather than send a status and a length it cannot keep to."""
+        if self._left is not None and span.length > self._left:
+            raise ShareRefused(
+                f"this link has {_mib(self._left)} left, not enough for this request ({_mib(span.length)});"
+                " it can still finish an interrupted download"
+            )
 
     async def _sendfile(self, request: web.BaseRequest, f: io.BufferedReader, span: ByteRange) -> None:
         offset = span.start

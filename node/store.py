@@ -494,7 +494,7 @@ class CmaStore:
     async def list_shares(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(shares, items.c.title)
+                sa.select(shares, items.c.title, items.c.size)
                 .join(items, items.c.id == shares.c.item_id)
                 .order_by(shares.c.created_at)
             )

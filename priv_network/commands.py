@@ -568,6 +568,8 @@ async def cmd_shares(client: AdminClient, args: argparse.Namespace, out: IO[str]
     rows = [["SHARE", "STATE", "DOWNLOADS", "EXPIRES", "TITLE"]]
     for s in shares:
         limit = f"{s['downloads']}/{s['max_downloads']}" if s["max_downloads"] else str(s["downloads"])
+        if s.get("bytes_left") is not None and s["state"] == "active":
+            limit += f", {_human_size(s['bytes_left'])} left"
         rows.append([s["id"], s["state"], limit, _ago(s["expires_at"]), s["title"] or s["item_id"]])
     _table(rows, out)
     return EXIT_OK

@@ -97,9 +97,15 @@ async def test_share_link_downloads_and_resumes(owner: tuple[NetNode, dict[str, 
         assert (listed["downloads"], listed["state"], listed["title"]) == (2, "active", "Wedding Video")
         assert listed["url"] == link["url"]
 
-        # A whole download more than the link has left is cut off where its bytes end...
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await download(link["url"], session=outsider)
+        # What is left is less than a whole download: the link says how much...
+        left = listed["bytes_left"]
+        assert 0 < left < len(data), listed
+        # ...refuses a whole download up front (no status and length it could not keep to)...
+        assert_refused(*await download(link["url"], session=outsider), "not enough for this request")
+        assert (await shares_by_id(a))[link["id"]]["bytes_left"] == left
+        # ...still finishes an interrupted download with what is left...
+        status, _headers, body = await download(link["url"], {"Range": f"bytes={len(data) - left}-"}, session=outsider)
+        assert (status, body) == (206, data[len(data) - left :])
         # ...and from then on everything is refused, ranges too.
         assert_refused(*await download(link["url"], session=outsider), "used up")
         assert_refused(*await download(link["url"], {"Range": "bytes=1-"}, session=outsider), "used up")

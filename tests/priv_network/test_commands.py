@@ -174,6 +174,10 @@ async def test_good_durations_and_counts_reach_the_node(node: RunningNode, media
     (share,) = (await node.api("GET", "/api/v1/shares"))["shares"]
     assert share["max_downloads"] == 3
     assert before + 5400 - 1 <= share["expires_at"] <= time.time() + 5400
+    size = (await node.api("GET", f"/api/v1/items/{item_id}"))["size"]
+    assert share["bytes_left"] == 3 * size + size // 8  # three downloads and the margin for broken ones
+    code, text = await run(node, "shares")
+    assert code == 0 and f"0/3, {commands._human_size(share['bytes_left'])} left" in text, text
     code, text = await run(node, "invite", "--ttl", "1h", "--uses", "1000")
     assert code == 0 and text.strip()
 
