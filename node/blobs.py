@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import mmap
 import os
 import sys
@@ -29,6 +30,8 @@ from blake3 import blake3
 
 from priv_network.errors import Conflict, InsufficientStorage, InvalidInput, PrivNetworkError
 from priv_network.manifest import HASH_LEN, block_hash, manifest_hash
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -365,7 +368,8 @@ def open_direct(path: Path, block_size: int) -> int | None:
     final fsync finds nothing left to write (docs/benchmarks.md, section 7).
     None where the block size cannot be aligned or the filesystem refuses
     O_DIRECT (tmpfs before Linux 6.6, some FUSE filesystems): the buffered
-    path then does the job.
+    path then does the job, as it does from the first direct write a
+    filesystem refuses with EINVAL after taking the open.
     """
     flag = getattr(os, "O_DIRECT", 0)
     if not flag or block_size % DIRECT_ALIGN:
@@ -448,7 +452,7 @@ class PinWriter:
                 raise Conflict(f"pin blocks must arrive in order (expected offset {self.verified})")
             length = sum(memoryview(p).nbytes for p in parts)
             # A whole block goes through the aligned buffer to the O_DIRECT descriptor, if there is one.
-            buffer = self._gather(parts) if self._buffer is not None and length == self._block_size else None
+            buffer = self._gather(parts) if self._direct is not None and length == self._block_size else None
             h = blake3()
             for part in parts if buffer is None else [buffer]:
                 h.update(part)
@@ -486,7 +490,17 @@ class PinWriter:
     def _write_direct(self, buffer: mmap.mmap, offset: int) -> None:
         """Write a whole block past the page cache; a short write ends through the buffered fd."""
         assert self._direct is not None and self._fd is not None
-        n = os.pwrite(self._direct, buffer, offset)
+        try:
+            n = os.pwrite(self._direct, buffer, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # The filesystem took the O_DIRECT open but refuses the write (some FUSE and network
+            # filesystems do): this block and the rest go through the page cache.
+            log.info("pinned copy %s: the filesystem refuses direct writes; using the page cache", self._path.name)
+            os.close(self._direct)
+            self._direct = None
+            n = 0
         if n < self._block_size:
             pwrite_all(self._fd, [buffer[n:]], offset + n)
 

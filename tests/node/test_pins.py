@@ -233,3 +233,29 @@ def test_whole_blocks_go_past_the_page_cache_and_the_last_short_one_through_it(
     writer.commit()
     assert direct_writes == [(0, BS), (BS, BS), (2 * BS, BS)]
     assert blobs.blob_path(h).read_bytes() == data
+
+
+def test_a_filesystem_that_refuses_direct_writes_gets_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some FUSE and network filesystems take the O_DIRECT open, then refuse the write (EINVAL)."""
+    blobs = BlobStore(tmp_path / "store", BS, 0)
+    blobs.prepare()
+    data = secrets.token_bytes(SIZE)
+    h = blake3(data).hexdigest()
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def no_direct(fd: int, buffer: memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, buffer, offset)
+
+    monkeypatch.setattr(os, "pwrite", no_direct)
+    writer = open_pin(blobs, data)
+    for index in range(4):
+        assert writer.append(index, chunks(block(data, index), 777))
+    writer.commit()
+    assert refused == [0]  # tried once, then never again
+    assert blobs.blob_path(h).read_bytes() == data
