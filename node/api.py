@@ -26,7 +26,15 @@ from node.users import Users
 from priv_network import __version__
 from priv_network.config import Config, parse_duration
 from priv_network.errors import ConfigError, InvalidInput, NotFound, Unauthorized
-from priv_network.http import content_headers, int_param, json_body, peer_of, principal_of, require_admin
+from priv_network.http import (
+    content_headers,
+    ended_early,
+    int_param,
+    json_body,
+    peer_of,
+    principal_of,
+    require_admin,
+)
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
 from priv_network.interfaces import ContentBroker, ContentFile, IngestReport, NodeStatus
 from priv_network.wire import ItemInfo, RosterEvent, check_item_id
@@ -112,9 +120,7 @@ async def send_counted(request: web.Request, response: FileServe, traffic: Traff
                 response.content_length,
                 str(exc) or type(exc).__name__,
             )
-        response.force_close()
-        if request.transport is not None:
-            request.transport.close()  # the body is short: this connection cannot carry another response
+        ended_early(request, response)
     finally:
         await traffic.add(subject, "sent", response.body_sent)
     return response

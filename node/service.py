@@ -19,6 +19,7 @@ from typing import Any
 
 from node.blobs import BlobStore, StoredBlob, StreamHasher
 from node.probe import ProbeResult, probe
+from node.serving import download_name
 from node.store import CmaStore
 from priv_network import __version__
 from priv_network.errors import Conflict, InvalidInput, NotFound, PrivNetworkError
@@ -272,7 +273,14 @@ class ContentManager:
         return [self._info(r) for r in await self._store.list_items(limit, offset)]
 
     async def content_file(self, item_id: str) -> ContentFile:
-        row = await self._row(item_id)  # straight from the row: this runs for every range request
+        return self._content_file(await self._row(item_id))  # from the row: this runs for every range request
+
+    async def download(self, item_id: str) -> tuple[ContentFile, str]:
+        """The item's file, and the name to save it under (its title, with the extension it came with)."""
+        row = await self._row(item_id)
+        return self._content_file(row), download_name(row["title"], row["mime"], row["original_name"])
+
+    def _content_file(self, row: dict[str, Any]) -> ContentFile:
         external = row["external_path"]
         path = Path(external) if external else self._blobs.blob_path(row["content_hash"])
         return ContentFile(path=path, mime=row["mime"], size=int(row["size"]), etag=row["content_hash"])

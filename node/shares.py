@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from node.service import ContentManager
-from node.serving import FileServe, OpenFiles, download_name
+from node.serving import FileServe, OpenFiles
 from node.store import CmaStore
 from priv_network.errors import Forbidden, InvalidInput, NotFound
 from priv_network.identity import NodeIdentity, PublicIdentity, b64u, b64u_decode
@@ -217,11 +217,10 @@ class Shares:
             raise ShareRefused("this link has expired")
         if self._used_up(row):
             raise ShareRefused("this link has been used up")
-        item = await self._store.get_item(row["item_id"])
-        if item is None:  # removed meanwhile (its links go with it)
-            raise ShareRefused("this link is not valid")
-        name = download_name(item["title"], item["mime"], item["original_name"])
-        f = await self._cma.content_file(row["item_id"])
+        try:
+            f, name = await self._cma.download(row["item_id"])
+        except NotFound:  # removed meanwhile (its links go with it)
+            raise ShareRefused("this link is not valid") from None
         return SharedFile(share_id, f, name, self.bytes_left(row, f.size))
 
     def bytes_left(self, row: dict[str, Any], size: int) -> int | None:

@@ -56,6 +56,20 @@ def error_response(request: web.Request, status: int, code: str, message: str) -
     return add_security_headers(web.Response(text=page, status=status, content_type="text/html"))
 
 
+def ended_early(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+    """A response whose client left while the handler was sending it (a seek, a closed player).
+
+    Raised out of a handler, the ``ConnectionError`` would be logged by aiohttp as an
+    error with a traceback. The handler returns this instead: the connection is closed
+    (its body is short, so it cannot carry another response) and aiohttp finishes the
+    response quietly.
+    """
+    response.force_close()
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = "".join(c for c in request.headers.get("X-Request-Id", "")[:64] if c.isalnum() or c in "-_")

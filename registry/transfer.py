@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from priv_network.errors import Forbidden, InvalidInput, NotFound, PrivNetworkError, RangeNotSatisfiable
-from priv_network.http import content_headers, error_response
+from priv_network.http import content_headers, ended_early, error_response
 from priv_network.interfaces import PinStore, TrafficMeter
 from priv_network.manifest import HASH_LEN, block_count, block_hash, manifest_hash
 from priv_network.peerclient import PeerClient, PeerUnreachable, RelayEnded, read_body
@@ -64,6 +64,11 @@ class RemoteItem:
     online: bool
     holders: tuple[Source, ...] = ()
     owner_name: str = ""
+
+    @property
+    def owner_label(self) -> str:
+        """The owner as messages name it: its member name, else the start of its node ID."""
+        return self.owner_name or self.item.node[:12]
 
     def sources(self) -> list[Source]:
         """Online nodes first, the owner before holders; offline ones last (they may be back)."""
@@ -309,7 +314,7 @@ class Broker:
                         block = await self._block(upstream, source, item, manifest, first)
                     except BadBlock as bad:
                         await self.penalize(source.node_id, bad.reason)
-                        raise PeerUnreachable(f"{source.name or source.node_id} {bad.reason}") from None
+                        raise PeerUnreachable(f"{_who(source)} {bad.reason}") from None
                     await response.prepare(request)
                     try:
                         await self._relay(
@@ -323,10 +328,7 @@ class Broker:
                 # a traceback: the response goes back instead, its connection closed, and aiohttp
                 # finishes it quietly.
                 log.debug("brokered %s ended early: %s", item.id, ended)
-                response.force_close()
-                if request.transport is not None:
-                    request.transport.close()
-                return response
+                return ended_early(request, response)
             except (PeerUnreachable, NotFound, Forbidden) as exc:
                 if response.prepared:
                     raise
@@ -342,8 +344,7 @@ class Broker:
     def _refused(self, remote: RemoteItem) -> OwnerRefused:
         """The owner refused this node the item: forget the registry row kept for it, and say so."""
         self._items.pop(remote.item.id, None)
-        owner = remote.owner_name or remote.item.node[:12]
-        return OwnerRefused(f"{owner} no longer shares {remote.item.id} with this node")
+        return OwnerRefused(f"{remote.owner_label} no longer shares {remote.item.id} with this node")
 
     async def _block(
         self, upstream: aiohttp.ClientResponse, source: Source, item: ItemInfo, manifest: bytes, index: int
@@ -481,12 +482,11 @@ class Pinner:
         """Why a pin waits, for ``pins``: who is offline (or what went wrong), and when it is tried again."""
         if not isinstance(exc, PeerUnreachable):  # a source answered, but not with the manifest
             return f"no member that has it could send it ({exc.message}); {RETRIED}"
-        owner = remote.owner_name or remote.item.node[:12]
         holders = len(remote.holders)
         if not holders:
-            return f"{owner} is offline; {RETRIED}"
+            return f"{remote.owner_label} is offline; {RETRIED}"
         copies = "the member holding a copy is" if holders == 1 else f"the {holders} members holding a copy are"
-        return f"{owner} is offline and {copies} too; {RETRIED}"
+        return f"{remote.owner_label} is offline and {copies} too; {RETRIED}"
 
     def _start(self, remote: RemoteItem) -> None:
         key = remote.item.content_hash
@@ -519,7 +519,7 @@ class Pinner:
                 except (PeerUnreachable, NotFound, Forbidden) as exc:
                     if refused_by_owner(source, item, exc):
                         raise OwnerRefused(
-                            f"{remote.owner_name or item.node[:12]} no longer shares this item with this node;"
+                            f"{remote.owner_label} no longer shares this item with this node;"
                             " the partial copy goes at the next sync"
                         ) from None
                     failure = exc

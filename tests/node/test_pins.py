@@ -27,14 +27,19 @@ BS = 64 * 1024
 SIZE = 3 * BS + 1234  # three whole blocks and a short last one
 
 
+def new_store(tmp_path: Path) -> BlobStore:
+    blobs = BlobStore(tmp_path / "store", BS, 0)
+    blobs.prepare()
+    return blobs
+
+
 @pytest.fixture(params=["direct", "buffered"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BlobStore:
     """A store whose pins write whole blocks past the page cache (O_DIRECT), or all through it.
 
     The buffered path is what a filesystem without O_DIRECT gets.
     """
-    blobs = BlobStore(tmp_path / "store", BS, 0)
-    blobs.prepare()
+    blobs = new_store(tmp_path)
     if request.param == "buffered":
         monkeypatch.setattr(node.blobs, "open_direct", lambda path, block_size: None)
     else:  # every filesystem this suite runs on (ext4, tmpfs since Linux 6.6) takes O_DIRECT
@@ -214,8 +219,7 @@ def test_a_sync_under_way_does_not_hold_up_appends_and_its_error_stops_the_commi
 def test_whole_blocks_go_past_the_page_cache_and_the_last_short_one_through_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    blobs = BlobStore(tmp_path / "store", BS, 0)
-    blobs.prepare()
+    blobs = new_store(tmp_path)
     data = secrets.token_bytes(SIZE)
     h = blake3(data).hexdigest()
     direct_writes: list[tuple[int, int]] = []
@@ -239,8 +243,7 @@ def test_a_filesystem_that_refuses_direct_writes_gets_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Some FUSE and network filesystems take the O_DIRECT open, then refuse the write (EINVAL)."""
-    blobs = BlobStore(tmp_path / "store", BS, 0)
-    blobs.prepare()
+    blobs = new_store(tmp_path)
     data = secrets.token_bytes(SIZE)
     h = blake3(data).hexdigest()
     real_pwrite = os.pwrite
