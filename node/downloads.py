@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import logging
@@ -30,6 +31,8 @@ import shutil
 import sys
 import threading
 import time
+import traceback
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,7 +455,11 @@ class Downloads:
 
         def fetch() -> dict[str, Any]:
             with yt_dlp.YoutubeDL(params) as ydl:
-                info = ydl.extract_info(row["url"], download=True)
+                try:
+                    info = ydl.extract_info(row["url"], download=True)
+                except BaseException as exc:
+                    _release_dropped_responses(exc)
+                    raise
                 return dict(ydl.sanitize_info(info) or {})
 
         def run() -> tuple[dict[str, Any], str | None]:
@@ -613,6 +620,22 @@ def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
+
+
+def _release_dropped_responses(exc: BaseException) -> None:
+    """Close what yt-dlp dropped when a download stopped: stopped by our progress hook (a cancel,
+    a shutdown), or failed (a transfer that broke off once too often).
+
+    Its HTTP downloader lets go of the response it was reading without closing it;
+    the response stays reachable from the frames of the exception's traceback, in a
+    reference cycle, so its socket would stay open until the garbage collector next
+    ran, anywhere in the process. Clearing those frames and collecting here closes it
+    now (its ResourceWarning, about yt-dlp's own leak, is not ours to report).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
 
 
 class _Refused(Exception):

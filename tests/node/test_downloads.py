@@ -120,24 +120,6 @@ class FakeSite:
         return resp
 
 
-@pytest.fixture(autouse=True)
-async def _yt_dlp_leftovers() -> AsyncIterator[None]:
-    """After each test (its nodes and site are gone by then): wait for its yt-dlp threads to end,
-    then collect what they dropped.
-
-    yt-dlp's HTTP downloader, stopped by our progress hook (a cancel, a shutdown), drops its
-    response without closing it, in a reference cycle with the exception that stopped it. Left
-    to the garbage collector, the socket's ResourceWarning surfaced in whichever later test it
-    happened to run in (CI saw it in the restart test, after a cancel in the test before).
-    """
-    yield
-    threads = [t for t in threading.enumerate() if t.name.startswith("pn-download")]
-    await wait_for(lambda: not any(t.is_alive() for t in threads), "the yt-dlp threads to end")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[FakeSite]:
     video = make_video(tmp_path / "garden.mp4", seconds=3)
